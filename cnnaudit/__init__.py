@@ -23,6 +23,7 @@ _EXPORTS = {
     "Interval": "cnnaudit.scores",
     "Difference": "cnnaudit.scores",
     "compare": "cnnaudit.scores",
+    "UndefinedScoresError": "cnnaudit.scores",
     "sanity_check": "cnnaudit.metrics",
     "Visualizations": "cnnaudit.maximize",
     "filter_grid": "cnnaudit.views",
@@ -39,7 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from cnnaudit.maximize import Visualizations
     from cnnaudit.metrics import sanity_check
     from cnnaudit.regions import Regions
-    from cnnaudit.scores import Difference, Interval, Scores, compare
+    from cnnaudit.scores import Difference, Interval, Scores, UndefinedScoresError, compare
     from cnnaudit.subject import Subject, load_weights, normalize
     from cnnaudit.views import deepdream, feature_map_grid, filter_grid
 

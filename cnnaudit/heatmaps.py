@@ -101,7 +101,8 @@ class Heatmaps:
         from cnnaudit.data import ImageSet
         from cnnaudit.images import as_batch
 
-        picked = self.images[i : i + 1] if isinstance(self.images, ImageSet) else as_batch(self.images)[i : i + 1]
+        batched = isinstance(self.images, ImageSet) or getattr(self.images, "ndim", 0) == 4
+        picked = self.images[i : i + 1] if batched else as_batch(self.images)[i : i + 1]  # convert one image, not all
         return as_batch(picked)[0].permute(1, 2, 0).numpy()
 
     def overlay(self, i: int, alpha: float = 0.5) -> np.ndarray:
@@ -140,3 +141,15 @@ class Heatmaps:
         from cnnaudit import metrics
 
         return metrics.rank_accuracy(self, regions)
+
+    def deletion(self, subject: Any = None, *, steps: int = 50, substrate: Any = "zeros") -> "Scores":
+        """RISE deletion AUC, lower is better (see :func:`cnnaudit.metrics.deletion`)."""
+        from cnnaudit import metrics
+
+        return metrics.deletion(self, subject, steps=steps, substrate=substrate)
+
+    def insertion(self, subject: Any = None, *, steps: int = 50, substrate: Any = "blur") -> "Scores":
+        """RISE insertion AUC, higher is better (see :func:`cnnaudit.metrics.insertion`)."""
+        from cnnaudit import metrics
+
+        return metrics.insertion(self, subject, steps=steps, substrate=substrate)

@@ -65,11 +65,13 @@ def _from_tensor(tensor: torch.Tensor) -> torch.Tensor:
         hint = " (channels-last? use uint8 HxWx3 or permute to (N,3,H,W))" if tensor.ndim == 4 and tensor.shape[-1] == 3 else ""
         raise ValueError(f"got a tensor of shape {tuple(tensor.shape)}{hint}; {_EXPECTED}")
     tensor = tensor.detach().to("cpu", torch.float32)
-    if tensor.numel() and (not torch.isfinite(tensor).all() or tensor.min() < 0 or tensor.max() > 1):
-        raise ValueError(
-            f"image values must be finite and in [0,1], got range [{tensor.min().item():.3g}, {tensor.max().item():.3g}]; "
-            "pass raw [0,1] images and put normalisation in Subject(preprocess=cnnaudit.normalize(mean, std))"
-        )
+    if tensor.numel():
+        low, high = torch.aminmax(tensor)  # one pass; NaN propagates and fails both comparisons below
+        if not (low >= 0 and high <= 1):
+            raise ValueError(
+                f"image values must be finite and in [0,1], got range [{low.item():.3g}, {high.item():.3g}]; "
+                "pass raw [0,1] images and put normalisation in Subject(preprocess=cnnaudit.normalize(mean, std))"
+            )
     return tensor
 
 

@@ -1,0 +1,177 @@
+"""The Grad-CAM family: one pure function per method, and the batch engine that feeds them.
+
+Notation: ``A`` is the recorded layer's activation ``(N,K,h,w)``, ``dA = dS/dA`` the gradient of
+each image's target score ``S`` (before softmax) with respect to it, ``k`` a channel and ``ij`` a
+position. Every method returns the *signed* map ``(N,h,w)`` before ReLU; ``Heatmaps`` applies
+ReLU, bilinear upsampling and normalisation. The batch engine runs one forward and (for the
+gradient methods) one ``autograd.grad`` pass per batch, everything on the model's device.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import torch
+import torch.nn.functional as F
+
+from cnnaudit import hooks
+from cnnaudit.attribution.targets import Target, select_scores
+
+if TYPE_CHECKING:
+    from cnnaudit.subject import Subject
+
+
+def _safe_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """``numerator / denominator``, 0 where the denominator is 0."""
+    nonzero = denominator != 0
+    return torch.where(nonzero, numerator / torch.where(nonzero, denominator, torch.ones_like(denominator)), 0.0)
+
+
+def gradcam(A: torch.Tensor, dA: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM (Selvaraju et al. 2017): ``L_ij = sum_k alpha_k A_kij``, ``alpha_k = (1/Z) sum_ij dS/dA_kij``."""
+    return (dA.mean(dim=(2, 3), keepdim=True) * A).sum(dim=1)
+
+
+def gradcam_plus_plus(A: torch.Tensor, dA: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM++ (Chattopadhay et al., WACV 2018, eq. 19: the exponential score ``Y = exp(S)``).
+
+    With ``g = dS/dA``, the higher derivatives of ``exp(S)`` are closed-form in first-order
+    gradients (``d2Y/dA2 = exp(S) g^2``, ``d3Y/dA3 = exp(S) g^3``) and ``exp(S)`` cancels in::
+
+        a_kij = g_kij^2 / (2 g_kij^2 + sum_ab A_kab g_kij^3)      (0 where the denominator is 0)
+        w_k   = sum_ij a_kij relu(g_kij)
+        L_ij  = sum_k w_k A_kij
+
+    The paper's ``w_k`` carries one more positive per-image factor ``exp(S)``; it is dropped (it
+    only rescales the map and overflows for large scores).
+    """
+    g2 = dA.pow(2)
+    denominator = 2.0 * g2 + A.sum(dim=(2, 3), keepdim=True) * g2 * dA
+    weights = (_safe_divide(g2, denominator) * dA.clamp(min=0)).sum(dim=(2, 3), keepdim=True)
+    return (weights * A).sum(dim=1)
+
+
+def xgradcam(A: torch.Tensor, dA: torch.Tensor) -> torch.Tensor:
+    """XGrad-CAM (Fu et al., BMVC 2020): ``w_k = sum_ij (A_kij / sum_ab A_kab) dS/dA_kij``, ``L_ij = sum_k w_k A_kij``.
+
+    A channel whose activations sum to 0 gets weight 0.
+    """
+    weights = (_safe_divide(A, A.sum(dim=(2, 3), keepdim=True)) * dA).sum(dim=(2, 3), keepdim=True)
+    return (weights * A).sum(dim=1)
+
+
+def layercam(A: torch.Tensor, dA: torch.Tensor) -> torch.Tensor:
+    """LayerCAM (Jiang et al., IEEE TIP 2021): ``L_ij = sum_k relu(dS/dA_kij) A_kij``."""
+    return (dA.clamp(min=0) * A).sum(dim=1)
+
+
+def hirescam(A: torch.Tensor, dA: torch.Tensor) -> torch.Tensor:
+    """HiResCAM (Draelos & Carin 2020): ``L_ij = sum_k dS/dA_kij A_kij`` (no spatial pooling of the gradient)."""
+    return (dA * A).sum(dim=1)
+
+
+def eigencam(A: torch.Tensor) -> torch.Tensor:
+    """Eigen-CAM (Muhammad & Yeasin, IJCNN 2020): projection on the first principal component.
+
+    Per image, ``X`` = the ``(hw, K)`` matrix of activations with each channel's mean over positions
+    subtracted; ``v`` = its first right singular vector; ``L = X v``. The sign of a singular vector
+    is arbitrary, so it is fixed: ``L`` is flipped when needed to correlate non-negatively with the
+    channel-summed activation ``sum_k A_k`` (the map is high where the layer is active).
+    """
+    n, _, h, w = A.shape
+    X = A.flatten(2).transpose(1, 2)
+    X = X - X.mean(dim=1, keepdim=True)
+    first = torch.linalg.svd(X, full_matrices=False).Vh[:, 0, :]
+    projection = (X @ first[:, :, None])[..., 0]
+    agreement = (projection * A.sum(dim=1).flatten(1)).sum(dim=1)
+    sign = torch.where(agreement < 0, -1.0, 1.0).to(A.dtype)
+    return (projection * sign[:, None]).reshape(n, h, w)
+
+
+def scorecam_masks(A: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Score-CAM masks: each channel of ``A`` (one image, ``(K,h,w)``) bilinearly upsampled to ``size``
+    (``align_corners=False``) and min-max normalised to ``[0,1]`` (a constant channel gives 0); ``(K,1,H,W)``."""
+    masks = F.interpolate(A[:, None], size=size, mode="bilinear", align_corners=False)
+    low = masks.amin(dim=(1, 2, 3), keepdim=True)
+    return _safe_divide(masks - low, masks.amax(dim=(1, 2, 3), keepdim=True) - low)
+
+
+def scorecam(A: torch.Tensor, masked_scores: torch.Tensor) -> torch.Tensor:
+    """Score-CAM (Wang et al., CVPR-W 2020, Algorithm 1): ``L_ij = sum_k softmax_k(s)_k A_kij``.
+
+    ``masked_scores`` ``(N,K)``: ``s_k`` = the target score of the model input multiplied by the
+    normalised upsampled mask of channel ``k`` (:func:`scorecam_masks`). The paper subtracts the
+    score of a baseline input first; that constant cancels in the softmax over channels.
+    """
+    return (masked_scores.softmax(dim=1)[:, :, None, None] * A).sum(dim=1)
+
+
+GRADIENT_METHODS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "gradcam": gradcam,
+    "gradcam++": gradcam_plus_plus,
+    "xgradcam": xgradcam,
+    "layercam": layercam,
+    "hirescam": hirescam,
+}
+METHODS = (*GRADIENT_METHODS, "eigencam", "scorecam")
+
+
+def check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def _feature_map(recording: hooks.Recording, layer: str) -> torch.Tensor:
+    A = recording[layer]
+    if A.ndim != 4:
+        raise ValueError(
+            f"layer {layer!r} outputs shape {tuple(A.shape)}, but CAM methods need a 4-D (N,C,h,w) feature map; "
+            "pick a convolutional layer from subject.layers()"
+        )
+    return A
+
+
+def cam_batch(
+    subject: "Subject", x: torch.Tensor, target: Target, start: int, layer: str, method: str, limit: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Signed maps ``(B,h,w)`` and explained class indices ``(B,)`` for the images ``x`` (on the device).
+
+    Call inside ``subject.audit()``. ``start`` is the batch's offset in the full image set (for
+    per-image targets); ``limit`` caps the images in one forward pass (Score-CAM's masked inputs).
+    """
+    needs_gradient = method in GRADIENT_METHODS
+    with hooks.record({layer: subject.module(layer)}, start_graph=needs_gradient) as recording:
+        with torch.set_grad_enabled(needs_gradient):
+            output = subject.logits(x)
+    A = _feature_map(recording, layer)
+    scores, indices = select_scores(target, output, start)
+    if needs_gradient:
+        (dA,) = hooks.gradient(scores, A)
+        return GRADIENT_METHODS[method](A.detach(), dA), indices
+    if method == "eigencam":
+        return eigencam(A), indices
+    with torch.no_grad():
+        return scorecam(A, _masked_scores(subject, x, A, target, indices, limit)), indices
+
+
+def _masked_scores(
+    subject: "Subject", x: torch.Tensor, A: torch.Tensor, target: Target, indices: torch.Tensor, limit: int
+) -> torch.Tensor:
+    """Score-CAM's ``s_k`` for every image and channel, ``limit`` masked inputs per forward pass.
+
+    Masks multiply the *model input* (after ``preprocess``), so a masked-out pixel is 0 in model
+    space (the dataset mean under ``cnnaudit.normalize``), as in the reference implementation.
+    """
+    model_input = subject.prepare(x)
+    size = (model_input.shape[-2], model_input.shape[-1])
+    rows = []
+    for n in range(A.shape[0]):
+        chunks = []
+        for k in range(0, A.shape[1], limit):
+            output = subject.forward(model_input[n : n + 1] * scorecam_masks(A[n, k : k + limit], size))
+            if target.function is not None:
+                chunks.append(target.function(output))
+            else:
+                chunks.append(output[:, indices[n]])
+        rows.append(torch.cat(chunks))
+    return torch.stack(rows)

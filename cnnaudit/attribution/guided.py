@@ -1,0 +1,137 @@
+"""Guided backpropagation, deconvnet and guided Grad-CAM.
+
+The rectifier rules replace the backward pass of *every* ReLU, however the model applies it:
+``nn.ReLU`` (also ``inplace=True``), ``F.relu``, ``torch.relu``, ``torch.relu_`` / ``F.relu_``
+and ``Tensor.relu`` / ``Tensor.relu_``. A ``torch.overrides.TorchFunctionMode`` active during the
+forward pass swaps each of these calls for an autograd function with the same forward value
+and the chosen backward rule, so no module is modified and no backward hook is used. With ``x``
+the ReLU input and ``g`` the gradient arriving from above:
+
+* guided backprop (Springenberg et al. 2015): ``g_in = g * [x > 0] * [g > 0]``
+* deconvnet (Zeiler & Fergus 2014): ``g_in = relu(g)`` (the forward mask is ignored)
+
+Both rules are defined for ReLU networks. A forward pass that applies another rectifier-like
+activation (SiLU, GELU, Hardswish, ReLU6, LeakyReLU, ...) raises ``ValueError`` instead of
+returning a map in which some activations were silently left unmodified; so does a model with
+TorchScript parts (the mode cannot see inside them).
+
+The map: the target score's gradient with respect to the input image in ``[0,1]`` (through
+``preprocess``), ``(N,3,H,W)``, reduced over colour channels by the maximum absolute value
+(Simonyan et al. 2014): ``raw_ij = max_c |g_cij|``. Guided Grad-CAM (Selvaraju et al. 2017)
+multiplies the guided backprop gradient by the ReLU'd Grad-CAM map bilinearly upsampled to the
+image, ``raw_ij = max_c |g_cij| * bilinear(relu(L))_ij``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from cnnaudit import hooks
+from cnnaudit.attribution.cam import cam_batch
+from cnnaudit.attribution.targets import Target, select_scores
+
+if TYPE_CHECKING:
+    from cnnaudit.subject import Subject
+
+METHODS = ("guided_backprop", "deconvnet", "guided_gradcam")
+_RULES = {"guided_backprop": "guided", "deconvnet": "deconvnet", "guided_gradcam": "guided"}
+
+_RELU = {torch.relu, torch.Tensor.relu, F.relu}
+_RELU_INPLACE = {torch.relu_, torch.Tensor.relu_}
+_OTHER_ACTIVATIONS = {
+    F.silu: "silu",
+    F.gelu: "gelu",
+    F.hardswish: "hardswish",
+    F.relu6: "relu6",
+    F.hardtanh: "hardtanh",
+    F.leaky_relu: "leaky_relu",
+    F.leaky_relu_: "leaky_relu_",
+    F.elu: "elu",
+    F.selu: "selu",
+    F.celu: "celu",
+    F.mish: "mish",
+    F.softplus: "softplus",
+    F.prelu: "prelu",
+    F.rrelu: "rrelu",
+    F.threshold: "threshold",
+}
+
+
+class _RectifiedReLU(torch.autograd.Function):
+    """ReLU forward; backward by the guided or deconvnet rule (module docstring)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, rule: str, inplace: bool) -> torch.Tensor:
+        if inplace:
+            out = x.clamp_(min=0)
+            ctx.mark_dirty(x)
+        else:
+            out = x.clamp(min=0)
+        ctx.rule = rule
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        positive = grad.clamp(min=0)
+        if ctx.rule == "deconvnet":
+            return positive, None, None
+        (out,) = ctx.saved_tensors
+        return positive * (out > 0), None, None
+
+
+class RectifierRule(TorchFunctionMode):
+    """While active, every ReLU call runs with the ``rule`` ("guided" or "deconvnet") backward."""
+
+    def __init__(self, rule: str) -> None:
+        super().__init__()
+        self.rule = rule
+        self.relu_calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _RELU or func in _RELU_INPLACE:
+            self.relu_calls += 1
+            inplace = func in _RELU_INPLACE or bool(kwargs.get("inplace", False))
+            return _RectifiedReLU.apply(args[0], self.rule, inplace)
+        if func in _OTHER_ACTIVATIONS:
+            raise ValueError(
+                f"the model applies {_OTHER_ACTIVATIONS[func]}; guided backprop and deconvnet are defined for ReLU "
+                "networks only, so this map would be silently wrong. Use subject.gradcam(...) instead"
+            )
+        return func(*args, **kwargs)
+
+
+def _check_scriptless(model: nn.Module) -> None:
+    if any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
+        raise ValueError("the model contains TorchScript modules whose ReLUs cannot be rewritten; pass the eager nn.Module")
+
+
+def _check_relus_seen(model: nn.Module, mode: RectifierRule) -> None:
+    if mode.relu_calls == 0 and any(isinstance(m, nn.ReLU) for m in model.modules()):
+        raise ValueError("the model has nn.ReLU modules but no ReLU call was seen in the forward pass; cannot apply the rule")
+
+
+def saliency_batch(
+    subject: "Subject", x: torch.Tensor, target: Target, start: int, method: str, layer: str | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Maps ``(B,H,W)`` and explained class indices ``(B,)`` for the images ``x`` (call inside ``subject.audit()``)."""
+    _check_scriptless(subject.model)
+    image = x.detach().requires_grad_()
+    mode = RectifierRule(_RULES[method])
+    with mode:
+        output = subject.logits(image)
+    _check_relus_seen(subject.model, mode)
+    scores, indices = select_scores(target, output, start)
+    (gradient,) = hooks.gradient(scores, image)
+    raw = gradient.abs().amax(dim=1)
+    if method == "guided_gradcam":
+        assert layer is not None
+        cam, _ = cam_batch(subject, x, target, start, layer, "gradcam", x.shape[0])
+        raw = raw * F.interpolate(cam.clamp(min=0)[:, None], size=raw.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    return raw, indices

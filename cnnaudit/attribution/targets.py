@@ -1,0 +1,86 @@
+"""Turning ``target=`` into one differentiable score per image.
+
+A target is one of
+
+* ``None`` — the predicted class (argmax of the output) of each image;
+* an ``int`` class index or a ``str`` class name (``Subject(classes=...)``), the same for every image;
+* a sequence (list, tuple, numpy array, 1-D tensor) of indices / names, one per image;
+* a callable ``f(output) -> (N,)`` scores, one per image, computed differentiably from the model
+  output (after the subject's output selector) — e.g. the mean logit of class ``c`` inside a
+  mask for a segmentation model: ``lambda out: (out[:, c] * mask).sum((1, 2)) / mask.sum()``.
+
+Class scores are the model's output *before* softmax (the Grad-CAM convention).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+ScoreFunction = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A parsed target: per-image class indices (CPU int64), the predicted class, or a score function."""
+
+    indices: torch.Tensor | None = None
+    function: ScoreFunction | None = None
+
+    @property
+    def predicted(self) -> bool:
+        return self.indices is None and self.function is None
+
+
+def parse_target(target: Any, n_images: int, class_index: Callable[[int | str], int]) -> Target:
+    """Validate ``target`` for ``n_images`` images before any forward pass (see the module docstring)."""
+    if target is None:
+        return Target()
+    if callable(target) and not isinstance(target, (str, torch.Tensor, np.ndarray)):
+        return Target(function=target)
+    if isinstance(target, (str, int, np.integer)) or (isinstance(target, torch.Tensor) and target.ndim == 0):
+        index = class_index(target.item() if isinstance(target, torch.Tensor) else target)
+        return Target(indices=torch.full((n_images,), index, dtype=torch.int64))
+    if isinstance(target, (list, tuple, np.ndarray, torch.Tensor)):
+        values = target.tolist() if isinstance(target, (np.ndarray, torch.Tensor)) else list(target)
+        if len(values) != n_images:
+            raise ValueError(
+                f"got {len(values)} targets for {n_images} images; give one target per image, "
+                "or a single class index / name for all of them"
+            )
+        return Target(indices=torch.tensor([class_index(v) for v in values], dtype=torch.int64))
+    raise TypeError(
+        f"target must be None, a class index, a class name, one of those per image, or a callable "
+        f"returning one score per image; got {type(target).__name__}"
+    )
+
+
+def select_scores(target: Target, output: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores ``(B,)`` and class indices ``(B,)`` (``-1`` for a callable) for the batch at ``start``.
+
+    Everything stays on ``output``'s device; no values are copied to the host.
+    """
+    batch = output.shape[0]
+    if target.function is not None:
+        scores = target.function(output)
+        if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != (batch,):
+            shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+            raise ValueError(f"a callable target must return one score per image, shape ({batch},); got {shape}")
+        return scores, torch.full((batch,), -1, dtype=torch.int64, device=output.device)
+    if output.ndim != 2:
+        raise ValueError(
+            f"a class target needs a model output shaped (N, classes), got {tuple(output.shape)}; "
+            "for segmentation / detection outputs pass a callable target returning one score per image, "
+            "or choose the logits with Subject(output=...)"
+        )
+    if target.indices is None:
+        indices = output.detach().argmax(dim=1)
+    else:
+        cpu_indices = target.indices[start : start + batch]
+        if int(cpu_indices.max()) >= output.shape[1]:
+            raise ValueError(f"class index {int(cpu_indices.max())} is out of range for a model with {output.shape[1]} outputs")
+        indices = cpu_indices.to(output.device, non_blocking=True)
+    return output.gather(1, indices[:, None])[:, 0], indices

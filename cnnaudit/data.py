@@ -1,0 +1,362 @@
+"""``ImageSet``: images with labels, named regions, groups and ids, loaded lazily.
+
+Images are kept as *sources*: an in-memory ``(3,H,W)`` tensor, a file path, or a zero-argument
+loader returning anything :func:`cnnaudit.images.as_batch` accepts for one image. Files and loaders
+are read only by :meth:`ImageSet.batches`, :meth:`ImageSet.tensor` and integer indexing, so a set of
+10,000 images costs a list of paths, not 10,000 decoded images. ``size=(H, W)`` resizes every image
+on load (bilinear, antialiased, ``align_corners=False``) and scales its regions with it.
+
+Region coordinates given to ``ImageSet`` are in each image's own pixels as stored (before
+``size=``). A ``Regions`` object passed instead carries its own frames.
+
+Folder layout for :meth:`ImageSet.from_folder` — ``annotations.json`` next to the images::
+
+    {"images": [
+      {"file": "img_001.jpg",              # required, relative to the folder
+       "id": "img_001",                    # optional, default: the file name without extension
+       "label": "doctor",                  # optional
+       "size": [480, 640],                 # optional original (H, W); saves reading file headers
+       "regions": {                        # optional; a name missing for an image means no region
+         "tools": [120, 200, 260, 330],                   # box (x0, y0, x1, y1), half-open pixels
+         "face": {"polygon": [[300, 40], [380, 40], [340, 150]]},
+         "coat": [[10, 200, 90, 470], [500, 210, 600, 470]],  # several boxes: their union
+         "hair": {"mask": "masks/img_001_hair.png"}},         # non-zero pixels, read lazily
+       "groups": {"gender": "female", "site": "A"}}          # optional
+    ]}
+
+(a bare list of image records is accepted too).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cnnaudit.images import as_batch
+from cnnaudit.regions import Regions, Size, _parse_entry, _positions, close_matches
+
+Source = Union[torch.Tensor, str, Callable[[], Any]]
+
+
+class ImageSet:
+    """Images + labels + named regions + groups + ids (see the module docstring).
+
+    ``images``: anything ``as_batch`` accepts, or a list whose items are file paths, zero-argument
+    loaders or in-memory images. ``labels``: one per image. ``regions``: ``{name: per-image entries
+    (see Regions) | bool (N,H,W) masks | Regions}``. ``groups``: ``{name: one value per image}``.
+    ``ids``: unique strings (default ``"0"``, ``"1"``, ...). ``size``: ``(H, W)`` to resize to on load.
+    """
+
+    def __init__(
+        self,
+        images: Any,
+        labels: Sequence[Any] | None = None,
+        regions: dict[str, Any] | None = None,
+        groups: dict[str, Sequence[Any]] | None = None,
+        ids: Sequence[Any] | None = None,
+        size: Size | None = None,
+    ) -> None:
+        self.size: Size | None = None if size is None else (int(size[0]), int(size[1]))
+        self._sources, self._frames = _sources(images, self.size)
+        n = len(self._sources)
+        self.labels: np.ndarray | None = None if labels is None else _column(labels, n, "labels", as_object=True)
+        self._groups = {str(k): _column(v, n, f"group {k!r}") for k, v in (groups or {}).items()}
+        self._regions: dict[str, Any] = {}
+        for name, value in (regions or {}).items():
+            if isinstance(value, torch.Tensor):
+                value = value.detach().cpu().numpy()
+            if isinstance(value, np.ndarray) and value.dtype == bool and value.ndim == 3:
+                value = list(value)
+            if not isinstance(value, Regions):  # parsed now so bad regions fail here, not at region()
+                value = [_parse_entry(entry, i, str(name)) for i, entry in enumerate(value)]
+            if len(value) != n:
+                raise ValueError(f"region {name!r} has {len(value)} entries for {n} images")
+            self._regions[str(name)] = value
+        self.ids: list[str] = [str(i) for i in range(n)] if ids is None else [str(i) for i in ids]
+        if len(self.ids) != n:
+            raise ValueError(f"{len(self.ids)} ids for {n} images")
+        if len(set(self.ids)) != n:
+            raise ValueError("ids must be unique")
+
+    # ---- loaders --------------------------------------------------------------------------
+    @classmethod
+    def from_folder(cls, path: str | os.PathLike, size: Size | None = None, annotations: str = "annotations.json") -> ImageSet:
+        """Images of a folder described by its JSON annotation file (format in the module docstring)."""
+        root = Path(path)
+        file = root / annotations
+        if not file.is_file():
+            raise FileNotFoundError(
+                f"{file} not found; ImageSet.from_folder needs an annotation file listing the images, e.g. "
+                '{"images": [{"file": "a.jpg", "label": "cat", "regions": {"head": [x0, y0, x1, y1]}, "groups": {"site": "A"}}]}'
+            )
+        records = json.loads(file.read_text())
+        records = records["images"] if isinstance(records, dict) else records
+        for i, record in enumerate(records):
+            if "file" not in record:
+                raise ValueError(f"{file}: image record {i} has no 'file'")
+        region_names = sorted({name for r in records for name in r.get("regions", {})})
+        group_names = sorted({name for r in records for name in r.get("groups", {})})
+        has_labels = any("label" in r for r in records)
+        out = cls(
+            [str(root / r["file"]) for r in records],
+            labels=[r.get("label") for r in records] if has_labels else None,
+            regions={name: [_resolve_masks(r.get("regions", {}).get(name), root) for r in records] for name in region_names},
+            groups={name: [r.get("groups", {}).get(name) for r in records] for name in group_names},
+            ids=[r.get("id", Path(r["file"]).stem) for r in records],
+            size=size,
+        )
+        out._frames = [(int(r["size"][0]), int(r["size"][1])) if "size" in r else None for r in records]
+        return out
+
+    @classmethod
+    def from_coco(
+        cls,
+        json_path: str | os.PathLike,
+        image_dir: str | os.PathLike,
+        size: Size | None = None,
+        groups: Sequence[str] = (),
+    ) -> ImageSet:
+        """Images of a COCO-style detection file; each category becomes a named region.
+
+        An image's region for a category is the union of its boxes of that category
+        (``bbox = [x, y, w, h]`` -> ``(x, y, x + w, y + h)``), ``None`` where the category is absent.
+        ``groups`` names extra fields of the image records to expose as groups. Ids are the image ids.
+        """
+        coco = json.loads(Path(json_path).read_text())
+        images = coco["images"]
+        names = {c["id"]: c["name"] for c in coco.get("categories", [])}
+        position = {image["id"]: i for i, image in enumerate(images)}
+        boxes: dict[str, list[list]] = {name: [[] for _ in images] for name in names.values()}
+        for annotation in coco.get("annotations", []):
+            if annotation["image_id"] not in position:
+                raise ValueError(f"{json_path}: an annotation refers to image id {annotation['image_id']!r}, which is not in 'images'")
+            x, y, w, h = annotation["bbox"]
+            name = names.get(annotation["category_id"], str(annotation["category_id"]))
+            boxes.setdefault(name, [[] for _ in images])[position[annotation["image_id"]]].append([x, y, x + w, y + h])
+        out = cls(
+            [str(Path(image_dir) / image["file_name"]) for image in images],
+            regions={name: [b or None for b in per_image] for name, per_image in boxes.items()},
+            groups={g: [image.get(g) for image in images] for g in groups},
+            ids=[image["id"] for image in images],
+            size=size,
+        )
+        out._frames = [(int(image["height"]), int(image["width"])) if "height" in image else None for image in images]
+        return out
+
+    # ---- container ------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._sources)
+
+    def __getitem__(self, index: Any) -> Any:
+        """``s[i]`` -> float ``(3,H,W)`` image ``i`` (loaded); ``s[slice | int array | bool mask]`` -> ``ImageSet``."""
+        if isinstance(index, (int, np.integer)):
+            return self._load(int(index))
+        return self._take(_positions(index, len(self)))
+
+    def __repr__(self) -> str:
+        return (
+            f"ImageSet(n={len(self)}, size={self.size}, labels={self.labels is not None}, "
+            f"regions={sorted(self._regions)}, groups={sorted(self._groups)})"
+        )
+
+    def _take(self, positions: np.ndarray) -> ImageSet:
+        out = ImageSet.__new__(ImageSet)
+        out.size = self.size
+        out._sources = [self._sources[p] for p in positions]
+        out._frames = [self._frames[p] for p in positions]
+        out.labels = None if self.labels is None else self.labels[positions]
+        out._groups = {k: v[positions] for k, v in self._groups.items()}
+        out._regions = {k: v[positions] if isinstance(v, Regions) else [v[p] for p in positions] for k, v in self._regions.items()}
+        out.ids = [self.ids[p] for p in positions]
+        return out
+
+    def where(self, mask: Any = None, /, **equals: Any) -> ImageSet:
+        """Images where ``mask`` (bool per image) holds and, for each keyword, label/group == value.
+
+        ``where(label="doctor", gender="female")``; ``where(s.group("age") > 40)``.
+        """
+        keep = np.ones(len(self), dtype=bool)
+        if mask is not None:
+            keep &= _bool_mask(mask, len(self))
+        for key, value in equals.items():
+            if key == "label":
+                if self.labels is None:
+                    raise ValueError("this ImageSet has no labels; pass labels= or use a group")
+                column = self.labels
+            else:
+                column = self.group(key)
+            keep &= np.array([item == value for item in column], dtype=bool)
+        return self._take(np.flatnonzero(keep))
+
+    def group(self, name: str) -> np.ndarray:
+        """The group column ``name``, one value per image (``s.group("g") == "f"`` is a bool mask)."""
+        if name not in self._groups:
+            raise KeyError(close_matches(name, sorted(self._groups), "group"))
+        return self._groups[name]
+
+    @property
+    def groups(self) -> list[str]:
+        return sorted(self._groups)
+
+    @property
+    def region_names(self) -> list[str]:
+        return sorted(self._regions)
+
+    def region(self, name: str) -> Regions:
+        """The named region of every image as ``Regions`` in frames of ``image_size``."""
+        if name not in self._regions:
+            raise KeyError(close_matches(name, sorted(self._regions), "region"))
+        value = self._regions[name]
+        if isinstance(value, Regions):
+            regions = value[:]
+        elif self.size is None:
+            common = self.image_size if any(frame is None for frame in self._frames) else None
+            regions = Regions(value, image_size=[frame or common for frame in self._frames])
+        else:
+            regions = Regions(value, image_size=[self._original_size(i) for i in range(len(self))])
+        regions.name = name
+        return regions if self.size is None else regions.rescaled(self.size)
+
+    # ---- pixels ---------------------------------------------------------------------------
+    @property
+    def image_size(self) -> Size:
+        """``(H, W)`` of the images as batched: ``size`` if given, else the first image's (loaded if unknown)."""
+        if self.size is not None:
+            return self.size
+        known = {frame for frame in self._frames if frame is not None}
+        if len(known) > 1:
+            raise ValueError(f"images have different sizes {sorted(known)}; pass ImageSet(..., size=(H, W)) to resize on load")
+        if not len(self):
+            raise ValueError("an empty ImageSet has no image size")
+        if self._frames[0] is None:
+            self._load(0)
+        return self._frames[0]  # type: ignore[return-value]
+
+    def tensor(self) -> torch.Tensor:
+        """All images as float32 ``(N,3,H,W)`` in ``[0,1]`` on the CPU."""
+        if not len(self):
+            raise ValueError("the ImageSet is empty")
+        return _stack([self._load(i) for i in range(len(self))], self.ids)
+
+    def batches(self, batch_size: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(start, images[start:start+batch_size])`` as float32 CPU tensors, loading one batch at a time."""
+        first: Size | None = None
+        for start in range(0, len(self), batch_size):
+            batch = _stack([self._load(i) for i in range(start, min(start + batch_size, len(self)))], self.ids[start:])
+            first = first or tuple(batch.shape[-2:])  # type: ignore[assignment]
+            if tuple(batch.shape[-2:]) != first:
+                raise ValueError(
+                    f"images from {self.ids[start]!r} on are {tuple(batch.shape[-2:])}, earlier ones {first}; "
+                    "pass ImageSet(..., size=(H, W)) to resize on load"
+                )
+            yield start, batch
+
+    def _load(self, i: int) -> torch.Tensor:
+        source = self._sources[i]
+        if isinstance(source, torch.Tensor):
+            return source
+        image = _read(source, self.ids[i])
+        self._frames[i] = self._frames[i] or tuple(image.shape[-2:])  # type: ignore[call-overload]
+        return image if self.size is None else _resize(image, self.size)
+
+    def _original_size(self, i: int) -> Size:
+        """Image ``i``'s size before ``size=``: known, from the file header, or by loading it."""
+        if self._frames[i] is None:
+            source = self._sources[i]
+            if isinstance(source, str):
+                from PIL import Image
+
+                with Image.open(source) as image:
+                    self._frames[i] = (image.height, image.width)
+            else:
+                self._load(i)
+        return self._frames[i]  # type: ignore[return-value]
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+def _sources(images: Any, size: Size | None) -> tuple[list[Source], list[Size | None]]:
+    """Per-image sources and their known original sizes; in-memory images are validated (and resized) now."""
+    items = list(images) if isinstance(images, (list, tuple)) else [images]
+    sources: list[Source] = []
+    frames: list[Size | None] = []
+    for item in items:
+        if isinstance(item, (str, os.PathLike)) or callable(item):
+            sources.append(os.fspath(item) if isinstance(item, os.PathLike) else item)
+            frames.append(None)
+            continue
+        batch = as_batch(item)
+        for image in batch:
+            frames.append((int(image.shape[-2]), int(image.shape[-1])))
+            sources.append(image if size is None else _resize(image, size))
+    return sources, frames
+
+
+def _read(source: Source, label: str) -> torch.Tensor:
+    if isinstance(source, str):
+        from PIL import Image
+
+        with Image.open(source) as image:
+            batch = as_batch(np.array(image.convert("RGB")))
+    else:
+        try:
+            batch = as_batch(source())
+        except ValueError as error:
+            raise ValueError(f"loader of image {label!r} returned something unusable: {error}") from None
+    if batch.shape[0] != 1:
+        raise ValueError(f"image {label!r} loaded as {batch.shape[0]} images; a source must give exactly one")
+    return batch[0]
+
+
+def _resize(image: torch.Tensor, size: Size) -> torch.Tensor:
+    if tuple(image.shape[-2:]) == size:
+        return image
+    resized = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)
+    return resized[0].clamp_(0.0, 1.0)
+
+
+def _stack(images: list[torch.Tensor], ids: list[str]) -> torch.Tensor:
+    sizes = [tuple(image.shape[-2:]) for image in images]
+    for k, image_size in enumerate(sizes):
+        if image_size != sizes[0]:
+            raise ValueError(
+                f"image {ids[k]!r} is {image_size} but image {ids[0]!r} is {sizes[0]}; images batched together "
+                "must share a size: pass ImageSet(..., size=(H, W)) to resize on load"
+            )
+    return torch.stack(images)
+
+
+def _column(values: Sequence[Any], n: int, what: str, as_object: bool = False) -> np.ndarray:
+    """One value per image: a 1-D numpy array of the values' natural dtype (or object)."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    array = np.asarray(values)
+    if as_object or array.ndim != 1 or array.dtype == object:
+        array = np.empty(len(values), dtype=object)
+        array[:] = list(values)
+    if len(array) != n:
+        raise ValueError(f"{what} has {len(array)} values for {n} images")
+    return array
+
+
+def _bool_mask(mask: Any, n: int) -> np.ndarray:
+    if isinstance(mask, torch.Tensor):
+        mask = mask.detach().cpu().numpy()
+    array = np.asarray(mask)
+    if array.dtype != bool or array.shape != (n,):
+        raise ValueError(f"where() takes a boolean mask with one value per image ({n},), got {array.dtype} {array.shape}")
+    return array
+
+
+def _resolve_masks(entry: Any, root: Path) -> Any:
+    """Make ``{"mask": "relative.png"}`` paths absolute (anywhere inside a region entry)."""
+    if isinstance(entry, dict) and isinstance(entry.get("mask"), str):
+        return {"mask": str(root / entry["mask"])}
+    if isinstance(entry, list) and any(isinstance(e, dict) for e in entry):
+        return [_resolve_masks(e, root) for e in entry]
+    return entry

@@ -1,0 +1,93 @@
+"""The one capture engine: forward hooks record activations, ``torch.autograd.grad`` gives gradients.
+
+* A forward hook stores the module's output and hands a *clone* downstream, so in-place ops
+  after the layer (``nn.ReLU(inplace=True)``, ``out += identity`` in ResNet, DenseNet's in-place
+  ReLU after ``norm1``) cannot change what was recorded, and the gradient with respect to the
+  recorded tensor is the gradient with respect to the layer's true output.
+* With ``start_graph=True`` the recorded tensor is cut from the history before the layer and
+  becomes a leaf that requires grad: gradients with respect to it exist even when neither the
+  input nor any parameter requires grad, and nothing upstream of the layer is kept for backward.
+* Gradients come only from :func:`gradient` (``torch.autograd.grad``): no module backward hooks,
+  no ``.backward()``, so no parameter's ``.grad`` is ever written.
+* Hooks are removed in ``finally``, also when the model raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+
+
+class Recording:
+    """Activations recorded during a forward pass, by layer name."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self._outputs: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+
+    def _add(self, name: str, value: torch.Tensor) -> None:
+        self._outputs[name].append(value)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        """The single activation recorded for ``name``; a clear error if it ran zero or several times."""
+        outputs = self._outputs[name]
+        if len(outputs) != 1:
+            why = "did not run" if not outputs else f"ran {len(outputs)} times (a module shared within the forward pass)"
+            raise ValueError(f"layer {name!r} {why}; pick a layer that runs exactly once per forward pass, see subject.layers()")
+        return outputs[0]
+
+    def clear(self) -> None:
+        for outputs in self._outputs.values():
+            outputs.clear()
+
+
+def _recording_hook(recording: Recording, name: str, start_graph: bool):
+    def hook(module: nn.Module, inputs: tuple, output: object) -> torch.Tensor:
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(
+                f"layer {name!r} ({type(module).__name__}) returned {type(output).__name__}, not a tensor; "
+                "pick a layer whose output is a single tensor, see subject.layers()"
+            )
+        recorded = output.detach().requires_grad_() if start_graph else output
+        recording._add(name, recorded)
+        return recorded.clone()
+
+    return hook
+
+
+@contextlib.contextmanager
+def record(modules: Mapping[str, nn.Module], *, start_graph: bool = False) -> Iterator[Recording]:
+    """Record the outputs of ``modules`` (name -> module) for forward passes run inside the block.
+
+    ``start_graph=True`` makes each recorded activation a fresh leaf requiring grad (see the
+    module docstring). The hooks are removed when the block exits, normally or by an exception.
+    """
+    recording = Recording(list(modules))
+    handles = []
+    try:
+        for name, module in modules.items():
+            handles.append(module.register_forward_hook(_recording_hook(recording, name, start_graph)))
+        yield recording
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def gradient(scores: torch.Tensor, wrt: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """``d(sum(scores)) / d wrt`` by ``torch.autograd.grad``; one pass for a batch of per-image scores.
+
+    Per-image scores of a batch are independent (eval mode), so the gradient of their sum with
+    respect to a batched tensor holds each image's own gradient in its row.
+    """
+    inputs = (wrt,) if isinstance(wrt, torch.Tensor) else tuple(wrt)
+    if not scores.requires_grad:
+        raise ValueError(
+            "the target score does not depend differentiably on the recorded layer; "
+            "a callable target must return scores computed from the model output with differentiable ops"
+        )
+    grads = torch.autograd.grad(scores.sum(), inputs, allow_unused=True)
+    if any(g is None for g in grads):
+        raise ValueError("the target score does not depend on the recorded layer; pick a layer on the path to the output")
+    return grads

@@ -1,0 +1,254 @@
+"""Layer inventory, layer-name resolution and the automatic target layer.
+
+Layer names are exactly those of ``model.named_modules()`` (``"layer4"``, ``"layer1.0.conv1"``,
+``"features.denseblock1.denselayer1.norm1"``). The inventory comes from ONE probe forward pass
+with a forward hook on every module, so it works for any architecture: nested ``Sequential``,
+residual blocks with a ``downsample`` branch, dense blocks, functional code between modules.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+_ADAPTIVE_POOLING = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+_POOLING = (nn.modules.pooling._AvgPoolNd, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._LPPoolNd)
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+_DOWNSAMPLE_NAMES = ("downsample", "shortcut")
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One module of the model as seen in the probe pass.
+
+    ``parameters`` counts the module's parameters including its submodules; ``channels`` is
+    dimension 1 of the output (``None`` when it is not a tensor of rank >= 2); ``output_shape``
+    excludes the batch dimension (``None`` when the module did not run or returned a non-tensor);
+    ``calls`` is how often the module ran in the probe pass (shared modules run more than once).
+    """
+
+    name: str
+    type: str
+    parameters: int
+    channels: int | None
+    output_shape: tuple[int, ...] | None
+    calls: int = 1
+
+
+class LayerInventory(Sequence[LayerInfo]):
+    """The model's layers in definition order (``named_modules()``), with counts by kind.
+
+    Index by position or by name; ``str()`` gives an aligned table followed by the counts:
+    ``conv`` (all convolutions), ``linear``, ``sequential`` (``nn.Sequential`` containers other
+    than downsample branches), ``blocks`` (non-container modules that contain a convolution,
+    e.g. BasicBlock, Bottleneck, DenseLayer, InvertedResidual) and ``downsample`` (modules
+    named ``downsample`` or ``shortcut``: the projection branch of residual blocks).
+    """
+
+    def __init__(self, layers: list[LayerInfo], counts: dict[str, int]) -> None:
+        self._layers = layers
+        self._by_name = {layer.name: layer for layer in layers}
+        self.counts = counts
+
+    def __len__(self) -> int:
+        return len(self._layers)
+
+    def __getitem__(self, key):  # type: ignore[override]
+        if isinstance(key, str):
+            if key not in self._by_name:
+                raise KeyError(_unknown_layer_message(key, list(self._by_name)))
+            return self._by_name[key]
+        return self._layers[key]
+
+    def __iter__(self) -> Iterator[LayerInfo]:
+        return iter(self._layers)
+
+    def names(self) -> list[str]:
+        return [layer.name for layer in self._layers]
+
+    def __repr__(self) -> str:
+        return f"LayerInventory({len(self)} layers, {self.counts})"
+
+    def __str__(self) -> str:
+        header = ("name", "type", "parameters", "channels", "output shape")
+        rows = [
+            (
+                layer.name,
+                layer.type,
+                f"{layer.parameters:,}",
+                "" if layer.channels is None else str(layer.channels),
+                "-" if layer.output_shape is None else "x".join(map(str, layer.output_shape))
+                + (f" (x{layer.calls} calls)" if layer.calls > 1 else ""),
+            )
+            for layer in self._layers
+        ]
+        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+        lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
+        lines.append(", ".join(f"{kind}: {count}" for kind, count in self.counts.items()))
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class _Event:
+    """One module call seen in the probe pass, in completion order."""
+
+    name: str
+    module: nn.Module
+    input_shape: tuple[int, ...] | None
+    output_shape: tuple[int, ...] | None
+
+
+def _shape(value: object) -> tuple[int, ...] | None:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else None
+
+
+def probe(model: nn.Module, probe_input: torch.Tensor) -> list[_Event]:
+    """Run ``model(probe_input)`` once without gradients and return every module call in completion order.
+
+    The hooks are removed in ``finally``; exceptions from the model propagate unchanged.
+    """
+    events: list[_Event] = []
+    handles = []
+
+    def make_hook(name: str):
+        def hook(module: nn.Module, inputs: tuple, output: object) -> None:
+            events.append(_Event(name, module, _shape(inputs[0]) if inputs else None, _shape(output)))
+
+        return hook
+
+    try:
+        for name, module in model.named_modules():
+            if name:
+                handles.append(module.register_forward_hook(make_hook(name)))
+        with torch.no_grad():
+            model(probe_input)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return events
+
+
+def layer_inventory(model: nn.Module, probe_input: torch.Tensor) -> LayerInventory:
+    """Every named submodule of ``model`` with its type, parameter count and probed output shape."""
+    events = probe(model, probe_input)
+    first: dict[str, _Event] = {}
+    calls: dict[str, int] = {}
+    for event in events:
+        first.setdefault(event.name, event)
+        calls[event.name] = calls.get(event.name, 0) + 1
+    layers = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        shape = first[name].output_shape if name in first else None
+        layers.append(
+            LayerInfo(
+                name=name,
+                type=type(module).__name__,
+                parameters=sum(p.numel() for p in module.parameters()),
+                channels=shape[1] if shape is not None and len(shape) >= 2 else None,
+                output_shape=shape[1:] if shape is not None else None,
+                calls=calls.get(name, 0),
+            )
+        )
+    return LayerInventory(layers, _counts(model))
+
+
+def _is_downsample(name: str) -> bool:
+    return name.rsplit(".", 1)[-1] in _DOWNSAMPLE_NAMES
+
+
+def _counts(model: nn.Module) -> dict[str, int]:
+    counts = {"conv": 0, "linear": 0, "sequential": 0, "blocks": 0, "downsample": 0}
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        if isinstance(module, nn.modules.conv._ConvNd):
+            counts["conv"] += 1
+        elif isinstance(module, nn.Linear):
+            counts["linear"] += 1
+        if _is_downsample(name) and any(True for _ in module.parameters()):
+            counts["downsample"] += 1
+        elif isinstance(module, nn.Sequential):
+            counts["sequential"] += 1
+        elif not isinstance(module, (*_CONTAINERS, nn.modules.conv._ConvNd)) and any(
+            isinstance(child, nn.modules.conv._ConvNd) for child in module.modules()
+        ):
+            counts["blocks"] += 1
+    return counts
+
+
+def _unknown_layer_message(name: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+    hint = f"; close matches: {', '.join(repr(c) for c in close)}" if close else ""
+    return f"no layer named {name!r} in the model{hint}. Layer names are those of model.named_modules(); list them with subject.layers()"
+
+
+def resolve_layer(model: nn.Module, name: str) -> nn.Module:
+    """The submodule called ``name`` in ``model.named_modules()``; ``KeyError`` listing close matches otherwise."""
+    if not isinstance(name, str):
+        raise TypeError(f"a layer name must be a str as in model.named_modules(), got {type(name).__name__}")
+    modules = dict(model.named_modules())
+    if not name or name not in modules:
+        raise KeyError(_unknown_layer_message(name, [n for n in modules if n]))
+    return modules[name]
+
+
+def layer_name(model: nn.Module, module: nn.Module) -> str:
+    """The ``named_modules()`` name of ``module`` inside ``model``."""
+    for name, candidate in model.named_modules():
+        if candidate is module and name:
+            return name
+    raise KeyError(f"the module {type(module).__name__} is not a submodule of the model")
+
+
+def _is_global_pooling(event: _Event) -> bool:
+    """Adaptive pooling, or a pooling module that reduces its input to 1x1."""
+    if isinstance(event.module, _ADAPTIVE_POOLING):
+        return True
+    return isinstance(event.module, _POOLING) and event.output_shape is not None and event.output_shape[2:] == (1, 1)
+
+
+def _is_reduction(event: _Event) -> bool:
+    shape = event.output_shape
+    return shape is not None and (len(shape) != 4 or _is_global_pooling(event))
+
+
+def auto_layer(model: nn.Module, probe_input: torch.Tensor) -> str:
+    """Name of the last module with a 4-D ``(N,C,h,w)`` output before global pooling.
+
+    Modules are taken in the order they finish in one probe pass. The head starts at the first
+    *reduction* (a global pooling module, or a module whose output is not 4-D) that is not nested
+    inside a module with a 4-D output, so squeeze-excitation pooling inside a block does not
+    count. Pooling modules themselves are never picked. For a residual network this gives
+    ``layer4``, for torchvision VGG / DenseNet / MobileNet / EfficientNet ``features``.
+    """
+    events = probe(model, probe_input)
+    first: dict[str, _Event] = {}
+    for event in events:
+        first.setdefault(event.name, event)
+
+    def inside_feature_module(name: str) -> bool:
+        parts = name.split(".")
+        ancestors = (first.get(".".join(parts[:i])) for i in range(1, len(parts)))
+        return any(
+            a is not None and a.output_shape is not None and len(a.output_shape) == 4 and not _is_reduction(a)
+            for a in ancestors
+        )
+
+    picked: str | None = None
+    for event in events:
+        if _is_reduction(event) and not inside_feature_module(event.name):
+            break
+        if event.output_shape is not None and len(event.output_shape) == 4 and not _is_global_pooling(event):
+            picked = event.name
+    if picked is None:
+        raise ValueError(
+            "layer='auto' found no module with a 4-D (N,C,h,w) output before the model's head; "
+            "pass Subject(layer=NAME) with a name from subject.layers()"
+        )
+    return picked

@@ -1,0 +1,420 @@
+"""``Subject``: the audited model with its preprocessing, device, classes and output selector.
+
+``Subject(model, ...)`` moves ``model`` to the subject's device at construction (``model.to``
+works in place: the caller's module object is the one moved). Everything else is left as
+found: every attribution runs inside :meth:`Subject.audit`, which switches to eval mode and
+freezes parameters for the duration and afterwards restores every module's training flag and
+every parameter's ``requires_grad``; parameter values, buffers, ``.grad`` and registered hooks
+are never changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import logging
+import pickle
+from os import PathLike
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnnaudit import layers as layers_module
+from cnnaudit.attribution import cam, guided
+from cnnaudit.attribution.targets import parse_target
+from cnnaudit.heatmaps import Heatmaps
+from cnnaudit.images import as_batch, iter_batches
+
+logger = logging.getLogger("cnnaudit")
+
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+_HOOK_EXTRAS = ("_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs")
+_DEFAULT_PROBE_SIZE = (224, 224)
+
+BatchWork = Callable[[torch.Tensor, int, int], "tuple[torch.Tensor, torch.Tensor]"]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``, checked to exist."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from error
+    if resolved.type != "cuda":
+        return resolved
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but CUDA is not available here; use device='auto' or 'cpu'")
+    index = torch.cuda.current_device() if resolved.index is None else resolved.index
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return torch.device("cuda", index)
+
+
+class Normalize:
+    """``(x - mean) / std`` per channel, on ``x``'s device (constants cached per device and dtype)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        if len(self.mean) != len(self.std) or len(self.mean) not in (1, 3):
+            raise ValueError(f"mean and std need 1 or 3 values each, got {len(self.mean)} and {len(self.std)}")
+        if min(self.std) <= 0:
+            raise ValueError(f"std must be positive, got {self.std}")
+        self._constants: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        key = (x.device, x.dtype)
+        if key not in self._constants:
+            self._constants[key] = tuple(
+                torch.tensor(values, dtype=x.dtype, device=x.device).view(1, -1, 1, 1) for values in (self.mean, self.std)
+            )
+        mean, std = self._constants[key]
+        return (x - mean) / std
+
+    def __repr__(self) -> str:
+        return f"normalize(mean={self.mean}, std={self.std})"
+
+
+def normalize(mean: Sequence[float], std: Sequence[float]) -> Normalize:
+    """A ``preprocess`` callable mapping ``[0,1]`` images to ``(x - mean) / std`` per channel."""
+    return Normalize(mean, std)
+
+
+def load_weights(path: str | PathLike[str], key: str | None = None) -> dict[str, torch.Tensor]:
+    """A state dict from ``path`` loaded with ``torch.load(weights_only=True)``: never unpickles code.
+
+    ``key`` picks a nested entry of a training checkpoint (e.g. ``key="state_dict"``).
+    """
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ValueError(
+            f"{path} holds pickled Python objects, not only tensors, so it was not loaded (weights_only=True never "
+            "runs code from a file). Save the weights alone: torch.save(model.state_dict(), path). "
+            f"torch said: {first_line}"
+        ) from error
+    if key is not None:
+        if not isinstance(loaded, dict) or key not in loaded:
+            keys = sorted(loaded) if isinstance(loaded, dict) else []
+            raise ValueError(f"{path} has no entry {key!r}; its top-level keys are {keys}")
+        loaded = loaded[key]
+    if not isinstance(loaded, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()):
+        nested = [k for k, v in loaded.items() if isinstance(v, dict)] if isinstance(loaded, dict) else []
+        hint = f"; it looks like a checkpoint, pick the weights with load_weights(path, key={nested[0]!r})" if nested else ""
+        raise ValueError(f"{path} holds a {type(loaded).__name__}, not a state dict of name -> tensor{hint}")
+    return loaded
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor {tuple(value.shape)}"
+    if isinstance(value, dict):
+        return f"a dict with keys {list(value)}"
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)} ({', '.join(_describe(v) for v in value)})"
+    return f"a {type(value).__name__}"
+
+
+def _hook_keys(modules: list[nn.Module]) -> list[dict[str, set[int]]]:
+    return [{name: set(getattr(m, name, {})) for name in _HOOK_DICTS} for m in modules]
+
+
+def _remove_new_hooks(modules: list[nn.Module], before: list[dict[str, set[int]]]) -> int:
+    """Remove hooks registered since ``before``; return how many there were."""
+    removed = 0
+    for module, known in zip(modules, before):
+        for name in _HOOK_DICTS:
+            hooks = getattr(module, name, {})
+            for key in set(hooks) - known[name]:
+                del hooks[key]
+                for extra in _HOOK_EXTRAS:
+                    getattr(module, extra, {}).pop(key, None)
+                removed += 1
+    return removed
+
+
+class Subject:
+    """An audited model: ``model`` + ``preprocess`` + ``device`` + ``classes`` + output selector.
+
+    ``layer``: the default CAM layer, a ``named_modules()`` name or ``"auto"`` (resolved on first
+    use by :func:`cnnaudit.layers.auto_layer` from a probe pass at the size of the first images
+    (224x224 if read before any); the choice is logged on the ``cnnaudit`` logger and kept in
+    ``subject.layer``). ``output``: for models returning a tuple / dict, the index, key or
+    callable choosing the tensor that targets read. ``batch_size`` caps the images in one pass;
+    on CUDA out-of-memory the pass is retried with half as many.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: str | nn.Module = "auto",
+        classes: Sequence[str] | None = None,
+        preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        device: str | torch.device = "auto",
+        batch_size: int = 32,
+        output: int | str | Callable[[Any], torch.Tensor] | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"Subject needs a torch.nn.Module, got {type(model).__name__}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.device = resolve_device(device)
+        self.model = model.to(self.device)
+        self.classes = [str(c) for c in classes] if classes is not None else None
+        if self.classes is not None and len(set(self.classes)) != len(self.classes):
+            raise ValueError("class names must be unique")
+        self.preprocess = preprocess
+        self.batch_size = batch_size
+        self.output = output
+        self._layer = None if isinstance(layer, str) and layer == "auto" else self._layer_name(layer)
+        self._probe_size: tuple[int, int] | None = None
+
+    def __repr__(self) -> str:
+        layer = self._layer if self._layer is not None else "auto"
+        return (
+            f"Subject({type(self.model).__name__}, layer={layer!r}, device={str(self.device)!r}, "
+            f"classes={None if self.classes is None else len(self.classes)}, batch_size={self.batch_size})"
+        )
+
+    # ---- state --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def audit(self) -> Iterator["Subject"]:
+        """Eval mode, frozen parameters and gradients enabled (even under ``no_grad`` / ``inference_mode``).
+
+        Afterwards every module's training flag and every parameter's ``requires_grad`` are
+        restored, also when the block raises. Hooks registered inside and not removed are removed
+        and reported as a ``RuntimeError`` (a bug in the code that registered them).
+        """
+        modules = list(self.model.modules())
+        training = [m.training for m in modules]
+        parameters = list(self.model.parameters())
+        requires_grad = [p.requires_grad for p in parameters]
+        hooks_before = _hook_keys(modules)
+        try:
+            self.model.eval()
+            for parameter in parameters:
+                parameter.requires_grad_(False)
+            with torch.inference_mode(False), torch.enable_grad():
+                yield self
+        finally:
+            for module, flag in zip(modules, training):
+                module.training = flag
+            for parameter, flag in zip(parameters, requires_grad):
+                parameter.requires_grad_(flag)
+            leaked = _remove_new_hooks(modules, hooks_before)
+        if leaked:
+            raise RuntimeError(f"{leaked} hook(s) registered during the audit were not removed; they have been removed now")
+
+    def identity(self) -> dict[str, Any]:
+        """``{"class", "parameters", "sha256"}``: the model class, its parameter count and a hash of its state dict."""
+        digest = hashlib.sha256()
+        for name, tensor in self.model.state_dict().items():
+            tensor = tensor.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+            digest.update(tensor.view(torch.uint8).numpy().tobytes())
+        return {
+            "class": type(self.model).__name__,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "sha256": digest.hexdigest(),
+        }
+
+    # ---- forward ------------------------------------------------------------------------
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """``preprocess(x)`` for ``[0,1]`` images ``x`` on the device (identity without a preprocess)."""
+        return self.preprocess(x) if self.preprocess is not None else x
+
+    def forward(self, model_input: torch.Tensor) -> torch.Tensor:
+        """The model on an already preprocessed input, through the output selector."""
+        return self.select_output(self.model(model_input))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """preprocess + forward + output selector for ``[0,1]`` images ``(N,3,H,W)`` on the device."""
+        return self.forward(self.prepare(x))
+
+    def select_output(self, output: Any) -> torch.Tensor:
+        """The tensor targets read from the raw model output (see ``Subject(output=...)``)."""
+        if self.output is None:
+            if isinstance(output, torch.Tensor):
+                return output
+            raise TypeError(
+                f"the model returned {_describe(output)}; say which entry holds the scores with "
+                "Subject(..., output=0), output='logits' (a key) or output=lambda out: ... (a callable)"
+            )
+        if callable(self.output):
+            selected = self.output(output)
+        else:
+            try:
+                selected = output[self.output]
+            except (KeyError, IndexError, TypeError) as error:
+                raise ValueError(f"output={self.output!r} does not select from {_describe(output)}") from error
+        if not isinstance(selected, torch.Tensor):
+            raise TypeError(f"output={self.output!r} selected {_describe(selected)}, not a tensor")
+        return selected
+
+    # ---- layers and classes -------------------------------------------------------------
+    def module(self, name: str) -> nn.Module:
+        """The submodule ``name`` (as in ``named_modules()``); ``KeyError`` listing close matches otherwise."""
+        return layers_module.resolve_layer(self.model, name)
+
+    def _layer_name(self, layer: str | nn.Module) -> str:
+        if isinstance(layer, nn.Module):
+            return layers_module.layer_name(self.model, layer)
+        self.module(layer)
+        return layer
+
+    def _probe(self, size: tuple[int, int] | None = None) -> torch.Tensor:
+        height, width = size or self._probe_size or _DEFAULT_PROBE_SIZE
+        return self.prepare(torch.full((1, 3, height, width), 0.5, device=self.device))
+
+    @property
+    def layer(self) -> str:
+        """The default CAM layer's name (``"auto"`` resolved on first use, see the class docstring)."""
+        if self._layer is None:
+            with self.audit():
+                self._layer = layers_module.auto_layer(self.model, self._probe())
+            logger.info(
+                "layer='auto' picked %r: the last module with a 4-D output before global pooling (%s)",
+                self._layer,
+                type(self.module(self._layer)).__name__,
+            )
+        return self._layer
+
+    def layers(self, size: tuple[int, int] | None = None) -> layers_module.LayerInventory:
+        """Inventory of every submodule (name, type, parameters, channels, output shape) from one probe pass.
+
+        ``size`` is the probe image's ``(H, W)``; default: the size of the last images seen, else 224x224.
+        """
+        with self.audit():
+            return layers_module.layer_inventory(self.model, self._probe(size))
+
+    def class_index(self, target: int | str) -> int:
+        """Class index of a class name (``Subject(classes=...)``) or a checked class index."""
+        if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
+            index = int(target)
+            if index < 0 or (self.classes is not None and index >= len(self.classes)):
+                bound = f" 0..{len(self.classes) - 1}" if self.classes is not None else " non-negative"
+                raise ValueError(f"class index {index} is out of range; expected{bound}")
+            return index
+        if isinstance(target, str):
+            if self.classes is None:
+                raise ValueError(f"target {target!r} is a class name, but the subject has no names; pass Subject(classes=[...])")
+            if target not in self.classes:
+                close = difflib.get_close_matches(target, self.classes, n=3)
+                hint = f"; close matches: {close}" if close else ""
+                raise ValueError(f"unknown class {target!r}{hint}; classes are {self.classes}")
+            return self.classes.index(target)
+        raise TypeError(f"a class target must be an int index or a str name, got {type(target).__name__}")
+
+    # ---- attribution --------------------------------------------------------------------
+    def gradcam(
+        self, images: Any, target: Any = None, layer: str | nn.Module | None = None, method: str = "gradcam"
+    ) -> Heatmaps:
+        """Grad-CAM-family heatmaps (``method`` in gradcam, gradcam++, xgradcam, layercam, hirescam, eigencam, scorecam)."""
+        cam.check_method(method)
+        with self.audit():
+            images, count = self._images(images)
+            spec = parse_target(target, count, self.class_index)
+            layer_name = self._layer_for(layer, images)
+            raw, targets, size = self._run(
+                images, lambda x, start, limit: cam.cam_batch(self, x, spec, start, layer_name, method, limit)
+            )
+        return Heatmaps(
+            raw, image_size=size, method=method, layer=layer_name, targets=targets, images=images,
+            ids=self._ids(images, count), subject=self,
+        )
+
+    def saliency(
+        self, images: Any, target: Any = None, method: str = "guided_backprop", layer: str | nn.Module | None = None
+    ) -> Heatmaps:
+        """Input-gradient maps (``method`` in guided_backprop, deconvnet, guided_gradcam; ``layer`` for the latter)."""
+        if method not in guided.METHODS:
+            raise ValueError(f"unknown saliency method {method!r}; choose one of {', '.join(guided.METHODS)}")
+        with self.audit():
+            images, count = self._images(images)
+            spec = parse_target(target, count, self.class_index)
+            layer_name = self._layer_for(layer, images) if method == "guided_gradcam" else None
+            raw, targets, size = self._run(
+                images, lambda x, start, limit: guided.saliency_batch(self, x, spec, start, method, layer_name)
+            )
+        return Heatmaps(
+            raw, image_size=size, method=method, layer=layer_name or "input", targets=targets, images=images,
+            ids=self._ids(images, count), subject=self,
+        )
+
+    def maximize(self, layer: str, channels: Any, **kwargs: Any) -> Any:
+        """Activation maximisation; see :func:`cnnaudit.maximize.maximize`."""
+        from cnnaudit import maximize
+
+        return maximize.maximize(self, layer, channels, **kwargs)
+
+    # ---- batching -----------------------------------------------------------------------
+    @staticmethod
+    def _images(images: Any) -> tuple[Any, int]:
+        """An ImageSet as is (it streams), anything else converted once to a CPU tensor; and the count."""
+        from cnnaudit.data import ImageSet
+
+        images = images if isinstance(images, ImageSet) else as_batch(images)
+        if len(images) == 0:
+            raise ValueError("got no images; pass at least one image")
+        return images, len(images)
+
+    @staticmethod
+    def _ids(images: Any, count: int) -> list[str]:
+        from cnnaudit.data import ImageSet
+
+        return list(images.ids) if isinstance(images, ImageSet) else [str(i) for i in range(count)]
+
+    def _batches(self, images: Any) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(start, batch)`` over images from :meth:`_images` (already converted tensors are only sliced)."""
+        if isinstance(images, torch.Tensor):
+            return ((start, images[start : start + self.batch_size]) for start in range(0, images.shape[0], self.batch_size))
+        return iter_batches(images, self.batch_size)
+
+    def _layer_for(self, layer: str | nn.Module | None, images: Any) -> str:
+        if layer is not None:
+            return self._layer_name(layer)
+        if self._layer is None:
+            height, width = images.image_size if not isinstance(images, torch.Tensor) else images.shape[-2:]
+            self._probe_size = (int(height), int(width))
+        return self.layer
+
+    def _run(self, images: Any, work: BatchWork) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """Run ``work(x, start, limit)`` over ``images`` (call inside :meth:`audit`); concatenate maps and targets.
+
+        At most ``limit`` (initially ``batch_size``) images go through the model at once; on CUDA
+        out-of-memory the chunk is retried with half as many, and the smaller limit is kept.
+        """
+        maps: list[torch.Tensor] = []
+        targets: list[torch.Tensor] = []
+        size = (0, 0)
+        limit = self.batch_size
+        for start, batch in self._batches(images):
+            size = (batch.shape[-2], batch.shape[-1])
+            offset = 0
+            while offset < batch.shape[0]:
+                chunk = batch[offset : offset + limit].to(self.device, non_blocking=True)
+                if chunk.is_inference():  # made under the caller's torch.inference_mode()
+                    chunk = chunk.clone()
+                try:
+                    result = work(chunk, start + offset, limit)
+                except torch.cuda.OutOfMemoryError:
+                    if chunk.shape[0] == 1:
+                        raise
+                    result = None
+                if result is None:  # retried outside the except block, so the failed pass's tensors are freed
+                    limit = chunk.shape[0] // 2
+                    logger.warning("CUDA out of memory with %d images per pass; retrying with %d", chunk.shape[0], limit)
+                    if self.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    continue
+                maps.append(result[0])
+                targets.append(result[1])
+                offset += chunk.shape[0]
+        self._probe_size = size
+        return torch.cat(maps), torch.cat(targets).cpu(), size

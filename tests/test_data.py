@@ -1,0 +1,202 @@
+"""ImageSet: construction, laziness, selection, resizing with regions, folder and COCO loaders."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnaudit.data import ImageSet
+from cnnaudit.images import as_batch
+
+
+class CountingLoader:
+    """A zero-argument loader of a constant uint8 image that counts its calls."""
+
+    calls = 0
+
+    def __init__(self, value: int, shape: tuple[int, int] = (8, 12)) -> None:
+        self.value, self.shape = value, shape
+
+    def __call__(self) -> np.ndarray:
+        CountingLoader.calls += 1
+        return np.full((*self.shape, 3), self.value, np.uint8)
+
+
+@pytest.fixture
+def loaders():
+    CountingLoader.calls = 0
+    return [CountingLoader(i % 256) for i in range(10_000)]
+
+
+def test_ten_thousand_loaders_load_nothing_until_asked(loaders):
+    people = ImageSet(
+        loaders,
+        labels=["doctor", "nurse"] * 5_000,
+        regions={"tools": [(0, 0, 6, 4)] * 10_000},
+        groups={"site": np.arange(10_000) % 3},
+        size=(4, 6),
+    )
+    docs = people.where(label="doctor", site=1)
+    subset = docs[10:20][np.array([0, 2, 4])]
+    assert (len(people), len(docs), len(subset)) == (10_000, 1666, 3)
+    assert people.image_size == (4, 6) and subset.ids == ["64", "76", "88"]
+    assert (people.group("site") == 2).sum() == 3333
+    assert CountingLoader.calls == 0
+    starts = [(start, batch.shape) for start, batch in subset.batches(2)]
+    assert starts == [(0, (2, 3, 4, 6)), (2, (1, 3, 4, 6))]
+    assert CountingLoader.calls == 3
+    assert torch.allclose(subset[1], torch.full((3, 4, 6), 76 / 255))
+    assert CountingLoader.calls == 4
+
+
+def test_arrays_tensors_and_lists():
+    tensor = torch.rand(3, 3, 5, 7)
+    from_tensor = ImageSet(tensor, labels=["a", "b", "a"], ids=["x", "y", "z"])
+    assert torch.equal(from_tensor.tensor(), tensor)
+    assert from_tensor.image_size == (5, 7) and from_tensor.ids == ["x", "y", "z"]
+    assert from_tensor.labels.dtype == object and from_tensor.labels.tolist() == ["a", "b", "a"]
+    uint8 = (np.arange(5 * 7 * 3).reshape(5, 7, 3) % 256).astype(np.uint8)
+    mixed = ImageSet([uint8, tensor[0], lambda: uint8])
+    assert torch.equal(mixed.tensor(), as_batch([uint8, tensor[0], uint8]))
+    assert torch.equal(mixed[-1], as_batch(uint8)[0])
+    assert torch.equal(as_batch(from_tensor[[2, 0]]), tensor[[2, 0]])
+
+
+def test_where_group_and_region_selection():
+    images = torch.rand(6, 3, 4, 4)
+    gender = ["f", "m", "f", "m", "f", None]
+    people = ImageSet(
+        images,
+        labels=["nurse", "nurse", "doctor", "doctor", "doctor", "nurse"],
+        regions={"face": [(0, 0, 2, 2), None, (1, 1, 3, 3), (0, 0, 4, 4), None, (2, 2, 4, 4)]},
+        groups={"gender": gender, "age": [30, 40, 50, 60, 70, 80]},
+    )
+    female = people.group("gender") == "f"
+    assert female.tolist() == [True, False, True, False, True, False]
+    assert people.where(female).ids == ["0", "2", "4"]
+    assert people.where(label="doctor", gender="f").ids == ["2", "4"]
+    assert people.where(people.group("age") > 45, label="doctor").ids == ["2", "3", "4"]
+    docs = people.where(label="doctor")
+    face = docs.region("face")
+    assert face.name == "face" and len(face) == 3
+    assert face.masks().sum(dim=(1, 2)).tolist() == [4, 16, 0]
+    assert torch.equal(docs.tensor(), images[2:5])
+    with pytest.raises(KeyError, match="did you mean 'gender'"):
+        people.group("gendre")
+    with pytest.raises(KeyError, match="did you mean 'face'"):
+        people.region("fcae")
+    with pytest.raises(ValueError, match=r"boolean mask with one value per image \(6,\)"):
+        people.where([1, 0, 1, 0, 1, 0])
+
+
+def test_size_resizes_images_and_scales_regions_the_same_way():
+    image = np.zeros((8, 12, 3), np.uint8)
+    image[2:6, 2:8] = 255  # a bright block exactly where the box is
+    mask = np.zeros((8, 12), bool)
+    mask[2:6, 2:8] = True
+    for source in (image, lambda: image):
+        resized = ImageSet([source], regions={"box": [(2, 2, 8, 6)], "mask": [mask]}, size=(4, 6))
+        x = resized.tensor()
+        assert x.shape == (1, 3, 4, 6)
+        box = resized.region("box")
+        assert box.frames == [(4, 6)]
+        expected = np.zeros((4, 6), bool)
+        expected[1:3, 1:4] = True  # the box scaled by 1/2: (1, 1, 4, 3)
+        np.testing.assert_array_equal(box.masks()[0].numpy(), expected)
+        np.testing.assert_array_equal(resized.region("mask").masks()[0].numpy(), expected)
+        # the resized image is brightest inside the scaled box
+        assert x[0, 0][torch.from_numpy(expected)].min() > x[0, 0][torch.from_numpy(~expected)].max()
+
+
+def test_different_sizes_need_size():
+    images = [np.zeros((4, 4, 3), np.uint8), lambda: np.zeros((6, 6, 3), np.uint8)]
+    mixed = ImageSet(images, regions={"r": [(0, 0, 2, 2), (0, 0, 3, 3)]})
+    assert len(mixed) == 2  # building is fine; batching is not
+    with pytest.raises(ValueError, match=r"pass ImageSet\(\.\.\., size=\(H, W\)\)"):
+        mixed.tensor()
+    with pytest.raises(ValueError, match="size="):
+        list(mixed.batches(1))
+    resized = ImageSet(images, regions={"r": [(0, 0, 2, 2), (0, 0, 3, 3)]}, size=(2, 2))
+    assert resized.tensor().shape == (2, 3, 2, 2)
+    assert resized.region("r").masks().sum(dim=(1, 2)).tolist() == [1, 1]
+
+
+def test_bad_construction_is_explained():
+    with pytest.raises(ValueError, match="labels has 1 values for 2 images"):
+        ImageSet(torch.rand(2, 3, 4, 4), labels=["a"])
+    with pytest.raises(ValueError, match="region 'r' has 1 entries for 2 images"):
+        ImageSet(torch.rand(2, 3, 4, 4), regions={"r": [None]})
+    with pytest.raises(ValueError, match="unique"):
+        ImageSet(torch.rand(2, 3, 4, 4), ids=["a", "a"])
+    with pytest.raises(ValueError, match=r"\[0,1\]"):
+        ImageSet(torch.full((1, 3, 4, 4), 2.0))
+    with pytest.raises(ValueError, match="region 'tools' of image 1: box .* is inverted"):
+        ImageSet([lambda: None] * 2, regions={"tools": [None, (4, 0, 2, 2)]})
+    bad = ImageSet([lambda: np.zeros((4, 4), np.uint8)], ids=["broken"])
+    with pytest.raises(ValueError, match="loader of image 'broken'"):
+        bad.tensor()
+
+
+def _write_png(path, height, width, value):
+    Image.fromarray(np.full((height, width, 3), value, np.uint8)).save(path)
+
+
+def test_from_folder(tmp_path):
+    _write_png(tmp_path / "a.png", 8, 8, 10)
+    _write_png(tmp_path / "b.png", 16, 16, 200)
+    (tmp_path / "masks").mkdir()
+    hair = np.zeros((8, 8), np.uint8)
+    hair[0:2, :] = 255
+    Image.fromarray(hair).save(tmp_path / "masks" / "a_hair.png")
+    records = {
+        "images": [
+            {"file": "a.png", "label": "doctor", "regions": {"tools": [0, 0, 4, 4], "hair": {"mask": "masks/a_hair.png"}},
+             "groups": {"gender": "m"}},
+            {"file": "b.png", "id": "bee", "label": "nurse", "size": [16, 16],
+             "regions": {"tools": [[0, 0, 4, 4], [12, 12, 16, 16]], "face": {"polygon": [[0, 0], [16, 0], [0, 16]]}},
+             "groups": {"gender": "f"}},
+        ]
+    }
+    (tmp_path / "annotations.json").write_text(json.dumps(records))
+    people = ImageSet.from_folder(tmp_path, size=(4, 4))
+    assert people.ids == ["a", "bee"] and people.labels.tolist() == ["doctor", "nurse"]
+    assert people.group("gender").tolist() == ["m", "f"] and people.region_names == ["face", "hair", "tools"]
+    tools = people.region("tools")  # a: 8 px frame (read from the header), b: 16 px (from "size")
+    assert tools.masks().sum(dim=(1, 2)).tolist() == [4, 2]
+    assert people.region("hair").masks()[0].sum() == 4 and people.region("hair")[1] is None
+    assert people.region("face").masks()[1].sum() == 6  # the triangle c + r + 1 < 4 at 4x4
+    x = people.tensor()
+    assert x.shape == (2, 3, 4, 4)
+    assert torch.allclose(x[:, 0, 0, 0], torch.tensor([10 / 255, 200 / 255]))
+    with pytest.raises(FileNotFoundError, match="annotation file"):
+        ImageSet.from_folder(tmp_path / "masks")
+
+
+def test_from_coco_uses_declared_sizes_without_reading_images(tmp_path):
+    coco = {
+        "images": [
+            {"id": 7, "file_name": "missing1.jpg", "width": 20, "height": 10, "site": "A"},
+            {"id": 9, "file_name": "missing2.jpg", "width": 40, "height": 20, "site": "B"},
+        ],
+        "categories": [{"id": 1, "name": "stethoscope"}, {"id": 2, "name": "face"}],
+        "annotations": [
+            {"image_id": 7, "category_id": 1, "bbox": [0, 0, 10, 5]},
+            {"image_id": 7, "category_id": 1, "bbox": [10, 5, 10, 5]},
+            {"image_id": 9, "category_id": 2, "bbox": [20, 10, 25, 10]},
+        ],
+    }
+    path = tmp_path / "coco.json"
+    path.write_text(json.dumps(coco))
+    people = ImageSet.from_coco(path, tmp_path, size=(2, 4), groups=["site"])
+    assert people.ids == ["7", "9"] and people.group("site").tolist() == ["A", "B"]
+    steth = people.region("stethoscope")
+    assert steth[1] is None
+    assert steth.masks()[0].int().tolist() == [[1, 1, 0, 0], [0, 0, 1, 1]]
+    face = people.region("face")  # (20, 10, 45, 20) in a 40x20 frame: clipped to x1 = 40
+    assert face.clipped == 1 and face.masks()[1].int().tolist() == [[0, 0, 0, 0], [0, 0, 1, 1]]
+    with pytest.raises(FileNotFoundError):
+        people.tensor()

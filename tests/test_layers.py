@@ -1,0 +1,105 @@
+"""Layer inventory (seed 2's Extractor done right), name resolution and the automatic layer."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import cnnaudit as ca
+from cnnaudit.layers import auto_layer, layer_inventory, resolve_layer
+
+
+def test_resnet50_counts_match_the_extractor_article():
+    """SEEDS.md 2: "Total CNN Layers: 49, Sequential: 4, Downsampling: 4, Linear: 1, Blocks: 16".
+    The article's 49 convolutions leave out the 4 in the downsample branches; we count all 53."""
+    inventory = layer_inventory(torchvision.models.resnet50(weights=None).eval(), torch.zeros(1, 3, 32, 32))
+    assert inventory.counts == {"conv": 49 + 4, "linear": 1, "sequential": 4, "blocks": 16, "downsample": 4}
+
+
+def test_resnet18_inventory_shapes_channels_and_parameters(torchvision_model):
+    model = torchvision_model("resnet18")
+    inventory = ca.Subject(model, device="cpu").layers(size=(64, 64))
+    assert inventory.counts == {"conv": 20, "linear": 1, "sequential": 4, "blocks": 8, "downsample": 3}
+    assert inventory.names() == [name for name, _ in model.named_modules() if name]
+    conv1 = inventory["conv1"]
+    assert (conv1.type, conv1.parameters, conv1.channels, conv1.output_shape) == ("Conv2d", 64 * 3 * 7 * 7, 64, (64, 32, 32))
+    assert inventory["layer4"].output_shape == (512, 2, 2)
+    assert inventory["layer2.0.downsample.0"].output_shape == (128, 8, 8)
+    assert inventory["fc"].output_shape == (10,) and inventory["fc"].channels == 10
+    assert inventory["layer1"].parameters == sum(p.numel() for p in model.layer1.parameters())
+    assert inventory["layer1.0.relu"].calls == 2  # BasicBlock applies its ReLU module twice
+    text = str(inventory)
+    assert text.splitlines()[0].split() == ["name", "type", "parameters", "channels", "output", "shape"]
+    assert "layer2.0.downsample.0  Conv2d" in text and "128x8x8" in text
+    assert text.splitlines()[-1] == "conv: 20, linear: 1, sequential: 4, blocks: 8, downsample: 3"
+    assert len(inventory) == len(text.splitlines()) - 2
+
+
+def test_unused_module_has_no_shape():
+    class WithSpare(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3)
+            self.spare = nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    spare = layer_inventory(WithSpare(), torch.zeros(1, 3, 5, 5))["spare"]
+    assert (spare.output_shape, spare.channels, spare.calls, spare.parameters) == (None, None, 0, 6)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("resnet18", "layer4"), ("vgg11", "features"), ("densenet121", "features"), ("mobilenet_v3_small", "features"), ("efficientnet_b0", "features")],
+)
+def test_auto_layer_for_torchvision_models(torchvision_model, name, expected):
+    assert auto_layer(torchvision_model(name), torch.zeros(1, 3, 64, 64)) == expected
+
+
+class SqueezeExcite(nn.Module):
+    """An SE gate built from global pooling and Linear layers: a 2-D output *inside* a block."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.fc(self.pool(x).flatten(1)))[:, :, None, None]
+
+
+def test_auto_layer_skips_pooling_inside_blocks_and_logs_its_choice(caplog):
+    model = nn.Sequential()
+    model.add_module("stem", nn.Conv2d(3, 4, 3))
+    model.add_module("block", nn.Sequential(nn.Conv2d(4, 4, 3), SqueezeExcite(4)))
+    model.add_module("last", nn.Conv2d(4, 6, 1))
+    model.add_module("pool", nn.AdaptiveAvgPool2d(1))
+    model.add_module("flatten", nn.Flatten())
+    model.add_module("head", nn.Linear(6, 2))
+    subject = ca.Subject(model, device="cpu")
+    with caplog.at_level(logging.INFO, logger="cnnaudit"):
+        heatmaps = subject.gradcam(torch.rand(1, 3, 12, 12))
+    assert subject.layer == heatmaps.layer == "last"
+    assert "layer='auto' picked 'last'" in caplog.text
+
+
+def test_unknown_layer_lists_close_matches(torchvision_model):
+    model = torchvision_model("resnet18")
+    with pytest.raises(KeyError, match=r"no layer named 'layer5'.*close matches: 'layer4', 'layer3', 'layer2', 'layer1'"):
+        resolve_layer(model, "layer5")
+    with pytest.raises(KeyError, match="'layer1.0.conv1'"):
+        ca.Subject(model, layer="layer1.0.cnv1", device="cpu")
+    with pytest.raises(KeyError, match="subject.layers()"):
+        resolve_layer(model, "")
+    assert resolve_layer(model, "layer2.1.bn2") is model.layer2[1].bn2
+
+
+def test_layer_may_be_given_as_a_module(tiny_cnn, images16):
+    subject = ca.Subject(tiny_cnn, layer=tiny_cnn.features[2], device="cpu")
+    assert subject.layer == "features.2"
+    assert subject.gradcam(images16, layer=tiny_cnn.features[0]).layer == "features.0"

@@ -1,0 +1,295 @@
+"""Attention metrics: hand-computed values, undefined cases, ties, resolutions, RISE AUCs, sanity check."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cnnaudit import metrics
+from cnnaudit.heatmaps import Heatmaps
+from cnnaudit.images import as_batch
+from cnnaudit.regions import Regions
+from cnnaudit.subject import Subject
+
+NAN = float("nan")
+SIZE = (4, 4)
+
+
+def heatmaps(raw, size=SIZE, **kwargs) -> Heatmaps:
+    raw = torch.as_tensor(raw, dtype=torch.float32)
+    return Heatmaps(raw if raw.ndim == 3 else raw[None], image_size=size, method="test", **kwargs)
+
+
+def one(scores) -> float:
+    assert scores.n == 1
+    return float(scores.values[0])
+
+
+# 2x2 -> 4x4 bilinear (align_corners=False) of [[1, 0], [0, 0]] is outer(w, w), w = (1, .75, .25, 0)
+CORNER = heatmaps([[1.0, 0.0], [0.0, 0.0]])
+
+
+def test_mass_in_and_enrichment_hand_computed():
+    # total mass (1 + .75 + .25)^2 = 4; top-left 2x2 holds 1.75^2 = 3.0625; right half 2 * .25 = .5
+    assert one(metrics.mass_in(CORNER, [(0, 0, 2, 2)])) == pytest.approx(3.0625 / 4)
+    assert one(metrics.mass_in(CORNER, [(2, 0, 4, 4)])) == pytest.approx(0.5 / 4)
+    assert one(metrics.enrichment(CORNER, [(0, 0, 2, 2)])) == pytest.approx((3.0625 / 4) / (4 / 16))
+    assert one(metrics.enrichment(CORNER, [(0, 0, 4, 4)])) == pytest.approx(1.0)
+    uniform = heatmaps(torch.full((1, 3, 3), 0.2))
+    for box in [(0, 0, 1, 1), (1, 0, 4, 3), (0, 0, 4, 4)]:
+        assert one(metrics.enrichment(uniform, [box])) == pytest.approx(1.0)
+
+
+def test_metrics_ignore_negative_raw_values():
+    signed = heatmaps([[[2.0, -5.0], [-1.0, 2.0]]], size=(2, 2))
+    assert one(metrics.mass_in(signed, [(0, 0, 1, 1)])) == pytest.approx(0.5)
+
+
+ALL = {
+    "mass_in": metrics.mass_in,
+    "enrichment": metrics.enrichment,
+    "pointing_game": metrics.pointing_game,
+    "localization_iou": metrics.localization_iou,
+    "rank_accuracy": metrics.rank_accuracy,
+}
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_empty_regions_and_zero_maps_are_undefined_never_hits(name):
+    good = torch.zeros(4, 4)
+    good[1, 1] = 1.0
+    zero = torch.zeros(4, 4)
+    negative = -torch.ones(4, 4)  # all zero after ReLU
+    maps = heatmaps(torch.stack([good, good, good, good, zero, negative, good]))
+    regions = Regions(
+        [None, (1, 1, 1, 3), (5, 5, 9, 9), [], (0, 0, 4, 4), (0, 0, 4, 4), (0, 0, 4, 4)], image_size=SIZE, name="tools"
+    )
+    scores = ALL[name](maps, regions)
+    assert np.isnan(scores.values[:6]).all()
+    assert scores.values[6] == pytest.approx({"localization_iou": 1 / 16}.get(name, 1.0))
+    assert scores.n_undefined == 6 and scores.name == f"{name}(tools)"
+    if name == "pointing_game":
+        assert np.isnan(metrics.pointing_game(maps, regions, tolerance=100).values[:6]).all()
+
+
+def test_pointing_game_tolerance_and_ties():
+    raw = torch.zeros(8, 8)
+    raw[1, 6] = 1.0  # 3 px right of the region's last column (3)
+    one_peak = heatmaps(raw, size=(8, 8))
+    region = [(0, 0, 4, 4)]
+    assert one(metrics.pointing_game(one_peak, region, tolerance=0)) == 0.0
+    assert one(metrics.pointing_game(one_peak, region, tolerance=2.9)) == 0.0
+    assert one(metrics.pointing_game(one_peak, region, tolerance=3)) == 1.0
+    assert one(metrics.pointing_game(one_peak, [(6, 1, 7, 2)], tolerance=0)) == 1.0
+    tied = raw.clone()
+    tied[2, 2] = tied[3, 3] = 1.0  # three maxima, two of them inside
+    assert one(metrics.pointing_game(heatmaps(tied, size=(8, 8)), region, tolerance=0)) == pytest.approx(2 / 3)
+    # a uniform map scores chance (the area fraction), not a hit
+    assert one(metrics.pointing_game(heatmaps(torch.ones(8, 8), size=(8, 8)), region, tolerance=0)) == pytest.approx(16 / 64)
+
+
+def test_localization_iou_largest_component_threshold_and_ties():
+    raw = torch.zeros(8, 8)
+    raw[0:2, 0:3] = 1.0  # 6 px at the maximum
+    raw[5:8, 4:8] = 0.5  # 12 px above 15% of the maximum: the largest component
+    raw[4, 0] = 0.1  # below 15%: ignored
+    maps = heatmaps(raw, size=(8, 8))
+    # bbox of the large component is (4, 5, 8, 8); with the region (4, 4, 8, 8): 12 / 16
+    assert one(metrics.localization_iou(maps, [(4, 4, 8, 8)])) == pytest.approx(12 / 16)
+    # threshold 0.6 keeps only the 6 px block (0, 0, 3, 2); with the region (0, 0, 4, 4): 6 / 16
+    assert one(metrics.localization_iou(maps, [(0, 0, 4, 4)], threshold=0.6)) == pytest.approx(6 / 16)
+    # threshold 0.05 adds the 0.1 pixel as a component of its own: the 12 px block still wins
+    assert one(metrics.localization_iou(maps, [(4, 4, 8, 8)], threshold=0.05)) == pytest.approx(12 / 16)
+    # 8-connectivity: a diagonal pair is one component; equal areas -> the first in raster order
+    ties = torch.zeros(8, 8)
+    ties[0, 0] = ties[1, 1] = ties[5, 5] = ties[5, 6] = 1.0
+    tie_maps = heatmaps(ties, size=(8, 8))
+    assert one(metrics.localization_iou(tie_maps, [(0, 0, 2, 2)])) == 1.0
+    assert one(metrics.localization_iou(tie_maps, [(5, 5, 7, 6)])) == 0.0
+
+
+def test_rank_accuracy_hand_computed_with_ties():
+    raw = torch.arange(16, dtype=torch.float32).reshape(4, 4)  # top-4 pixels: the last row
+    assert one(metrics.rank_accuracy(heatmaps(raw), [(0, 3, 4, 4)])) == 1.0
+    assert one(metrics.rank_accuracy(heatmaps(raw), [(1, 2, 4, 4)])) == pytest.approx(5 / 6)  # top-6: 15..10, 12 is out
+    peak = torch.zeros(4, 4)
+    peak[0, 1] = 1.0
+    # K = 4: the peak (inside) + 3 of the 15 tied zeros, 3 of which are inside -> (1 + 3 * 3/15) / 4
+    assert one(metrics.rank_accuracy(heatmaps(peak), [(1, 0, 3, 2)])) == pytest.approx((1 + 3 * 3 / 15) / 4)
+    assert one(metrics.rank_accuracy(heatmaps(torch.ones(4, 4)), [(1, 0, 3, 2)])) == pytest.approx(4 / 16)
+
+
+def test_regions_at_another_resolution_than_the_map():
+    raw = torch.rand(3, 2, 2, generator=torch.Generator().manual_seed(0))
+    maps = heatmaps(raw)  # layer 2x2, input 4x4
+    at_input = Regions([(1, 1, 3, 3), (0, 0, 2, 4), (2, 0, 4, 1)], image_size=SIZE)
+    at_double = Regions([(2, 2, 6, 6), (0, 0, 4, 8), (4, 0, 8, 2)], image_size=(8, 8))
+    masks16 = at_input.masks(size=(16, 16))
+    as_masks = Regions(masks16)  # boolean masks at 16x16 for a 4x4 input
+    for metric in ALL.values():
+        expected = metric(maps, at_input).values
+        np.testing.assert_allclose(metric(maps, at_double).values, expected)
+        np.testing.assert_allclose(metric(maps, as_masks).values, expected)
+    assert one(metrics.mass_in(CORNER, Regions([(0, 0, 4, 4)], image_size=(8, 8)))) == pytest.approx(3.0625 / 4)
+
+
+def test_each_map_is_scored_alone_never_normalised_across_the_batch():
+    raw = torch.rand(5, 3, 3, generator=torch.Generator().manual_seed(1))
+    scaled = raw.clone()
+    scaled[0] *= 1000.0
+    scaled[3] *= 1e-3
+    regions = Regions([(0, 0, 2, 2), (1, 1, 4, 4), (0, 2, 4, 4), (2, 0, 3, 4), (0, 0, 1, 1)], image_size=SIZE)
+    for metric in ALL.values():
+        np.testing.assert_allclose(metric(heatmaps(scaled), regions).values, metric(heatmaps(raw), regions).values, rtol=1e-6)
+        alone = [one(metric(heatmaps(raw[i]), regions[i : i + 1])) for i in range(5)]
+        np.testing.assert_allclose(metric(heatmaps(raw), regions).values, alone, rtol=1e-6)
+
+
+def test_scores_carry_their_source_and_the_heatmaps_methods_delegate():
+    raw = torch.rand(2, 2, 2, generator=torch.Generator().manual_seed(2))
+    maps = Heatmaps(raw, image_size=SIZE, method="test", ids=["a", "b"])
+    regions = Regions([(0, 0, 2, 2), (2, 2, 4, 4)], image_size=SIZE, name="tools")
+    scores = maps.mass_in(regions)
+    assert scores.name == "mass_in(tools)" and scores.ids == ["a", "b"] and scores.unit == "image"
+    assert scores.source["heatmaps"] is maps and scores.source["regions"] is regions
+    assert scores.source["index"].tolist() == [0, 1]
+    assert metrics.mass_in(maps, [(0, 0, 2, 2), (2, 2, 4, 4)]).name == "mass_in(region)"
+    for method in ("enrichment", "rank_accuracy"):
+        np.testing.assert_array_equal(getattr(maps, method)(regions).values, getattr(metrics, method)(maps, regions).values)
+    np.testing.assert_array_equal(maps.pointing_game(regions, tolerance=1).values, metrics.pointing_game(maps, regions, tolerance=1).values)
+    np.testing.assert_array_equal(maps.localization_iou(regions, threshold=0.5).values, metrics.localization_iou(maps, regions, threshold=0.5).values)
+    with pytest.raises(ValueError, match="cover 1 images but there are 2 maps"):
+        metrics.mass_in(maps, regions[:1])
+
+
+def test_box_iou():
+    assert metrics.box_iou((0, 0, 2, 2), (1, 1, 3, 3)) == pytest.approx(1 / 7)
+    assert metrics.box_iou((0, 0, 1, 1), (1, 0, 2, 1)) == 0.0
+
+
+# ---- deletion / insertion on a model whose answer is known ---------------------------------------
+H = W = 8
+REGION = torch.zeros(H, W, dtype=torch.bool)
+REGION[2:5, 1:5] = True  # 12 of 64 pixels
+GAIN = 4.0
+
+
+class RegionMean(nn.Module):
+    """logits = (GAIN * mean of the image over REGION, 0): p(class 0) = sigmoid(GAIN * mean)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("region", REGION.clone())
+        self.conv = nn.Conv2d(3, 3, 1)  # unused: gives the subject a parameter
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=1)[:, self.region].mean(dim=1) * GAIN
+        return torch.stack([mean, torch.zeros_like(mean)], dim=1)
+
+
+def expected_auc(region_left: list[float], steps: int) -> float:
+    """Trapezoidal AUC of sigmoid(GAIN * mean over the region) along the steps, computed by hand."""
+    p = [1 / (1 + math.exp(-GAIN * m)) for m in region_left]
+    return sum((p[i] + p[i + 1]) / 2 for i in range(steps)) / steps
+
+
+@pytest.fixture
+def region_subject():
+    return Subject(RegionMean(), device="cpu", batch_size=7)
+
+
+def perfect_and_reversed(images, subject):
+    raw = torch.stack([REGION.float(), (~REGION).float()])  # region first / region last
+    return Heatmaps(raw, image_size=(H, W), method="test", targets=[0, 0], images=images, subject=subject)
+
+
+def test_deletion_and_insertion_auc_of_a_perfect_and_a_reversed_map(region_subject):
+    steps = 16  # k_i = 4 i pixels changed at step i
+    maps = perfect_and_reversed(torch.ones(2, 3, H, W), region_subject)
+    removed_perfect = [min(4 * i, 12) for i in range(steps + 1)]  # region pixels come first
+    removed_reversed = [max(0, 4 * i - 52) for i in range(steps + 1)]  # after the 52 others
+    deletion = metrics.deletion(maps, steps=steps, substrate="zeros")
+    assert deletion.name == "deletion(zeros)"
+    assert deletion.values[0] == pytest.approx(expected_auc([1 - r / 12 for r in removed_perfect], steps))
+    assert deletion.values[1] == pytest.approx(expected_auc([1 - r / 12 for r in removed_reversed], steps))
+    insertion = metrics.insertion(maps, steps=steps, substrate="zeros")
+    assert insertion.values[0] == pytest.approx(expected_auc([r / 12 for r in removed_perfect], steps))
+    assert insertion.values[1] == pytest.approx(expected_auc([r / 12 for r in removed_reversed], steps))
+    assert deletion.values[0] < deletion.values[1] and insertion.values[0] > insertion.values[1]
+    curves = deletion.source["curves"]
+    assert curves.shape == (2, steps + 1) and curves[0, 0] == pytest.approx(1 / (1 + math.exp(-GAIN)))
+
+
+def test_substrates(region_subject):
+    steps = 16
+    # image = 1 on the region, 0 elsewhere; its mean is 12/64 everywhere in the "mean" substrate
+    image = REGION.float().expand(1, 3, H, W).clone()
+    maps = perfect_and_reversed(torch.cat([image, image]), region_subject)
+    removed = [min(4 * i, 12) for i in range(steps + 1)]
+    mean = metrics.deletion(maps, steps=steps, substrate="mean")
+    assert mean.values[0] == pytest.approx(expected_auc([(12 - r + r * 12 / 64) / 12 for r in removed], steps))
+    # blurring a constant image changes nothing: the curve stays at its first value
+    flat = perfect_and_reversed(torch.ones(2, 3, H, W), region_subject)
+    blur = metrics.insertion(flat, steps=steps)
+    assert blur.name == "insertion(blur)"
+    np.testing.assert_allclose(blur.values, 1 / (1 + math.exp(-GAIN)), rtol=1e-5)
+    half = metrics.deletion(flat, steps=steps, substrate=lambda x: x * 0.5)
+    assert half.values[0] == pytest.approx(expected_auc([1 - r / 24 for r in removed], steps))
+    with pytest.raises(ValueError, match="unknown substrate 'noise'"):
+        metrics.deletion(flat, substrate="noise")
+
+
+def test_deletion_undefined_and_bad_input(region_subject):
+    raw = torch.stack([REGION.float(), torch.zeros(H, W)])
+    maps = Heatmaps(raw, image_size=(H, W), method="test", targets=[0, 0], images=torch.ones(2, 3, H, W), subject=region_subject)
+    values = metrics.deletion(maps, steps=4).values
+    assert not np.isnan(values[0]) and np.isnan(values[1])
+    with pytest.raises(ValueError, match="pass subject="):
+        metrics.deletion(Heatmaps(raw, image_size=(H, W), method="test", targets=[0, 0], images=torch.ones(2, 3, H, W)))
+    with pytest.raises(ValueError, match="callable target"):
+        metrics.deletion(Heatmaps(raw, image_size=(H, W), method="test", images=torch.ones(2, 3, H, W)), region_subject)
+
+
+# ---- randomisation sanity check ------------------------------------------------------------------
+def small_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4),
+    )
+
+
+def brightness(subject, images, target) -> Heatmaps:
+    """An "explainer" that never looks at the model: the image's brightness."""
+    x = as_batch(images)
+    return Heatmaps(x.mean(dim=1), image_size=tuple(x.shape[-2:]), method="brightness")
+
+
+def test_sanity_check_passes_gradcam_fails_a_weight_independent_explainer_and_leaves_the_model_alone():
+    model = small_cnn()
+    model.train()
+    model[0].weight.requires_grad_(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    subject = Subject(model, layer="4", device="cpu")
+    images = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+
+    check = metrics.sanity_check(subject, images, target=0)
+    assert check.name == "sanity_check(gradcam)" and check.unit == "layer"
+    assert check.ids == ["8", "4", "2", "0"]  # parameterised modules, from the top
+    assert check.source["correlations"].shape == (4, 6)
+    assert check.max() < 0.8  # every re-initialisation changed the maps
+
+    blind = metrics.sanity_check(subject, images, target=0, method=brightness)
+    np.testing.assert_allclose(blind.values, 1.0)
+    assert not blind.max() < 0.8
+
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.training and not model[0].weight.requires_grad and model[2].weight.requires_grad
+    again = metrics.sanity_check(subject, images, target=0, layers=["8", "4"])
+    np.testing.assert_allclose(again.values, check.values[:2])  # seeded: the same re-initialisations

@@ -1,0 +1,281 @@
+"""Subject: state restoration, output selectors, devices, batching with OOM halving, clear errors."""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import nn
+
+import cnnaudit as ca
+from cnnaudit import evidence
+
+CAM_METHODS = ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam", "scorecam"]
+SALIENCY_METHODS = ["guided_backprop", "deconvnet", "guided_gradcam"]
+
+
+def untidy(model: nn.Module) -> nn.Module:
+    """Put the model in a state an audit must not disturb: mixed training flags, some frozen
+    parameters, some existing .grad values, a user's own hook."""
+    model.train()
+    model.features[1].eval()
+    model.fc.weight.requires_grad_(False)
+    model.features[0].weight.grad = torch.full_like(model.features[0].weight, 0.25)
+    model.features[2].register_forward_hook(lambda m, i, o: None)
+    return model
+
+
+def test_every_method_leaves_the_model_as_found(tiny_cnn, images16, snapshot, same_state):
+    model = untidy(tiny_cnn)
+    before = snapshot(model)
+    subject = ca.Subject(model, layer="features.2", device="cpu", batch_size=3)
+    for method in CAM_METHODS:
+        subject.gradcam(images16, method=method)
+    for method in SALIENCY_METHODS:
+        subject.saliency(images16, method=method)
+    subject.layers()
+    assert subject.identity()["parameters"] == sum(p.numel() for p in model.parameters())
+    same_state(before, snapshot(model))
+
+
+class FailsOnSecondBatch(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("boom in forward")
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "scorecam", "guided_backprop"])
+def test_state_restored_after_an_exception_mid_run(tiny_cnn, images16, snapshot, same_state, method):
+    model = FailsOnSecondBatch(untidy(tiny_cnn))
+    before = snapshot(model)
+    subject = ca.Subject(model, layer="inner.features.2", device="cpu", batch_size=2)
+    run = subject.saliency if method == "guided_backprop" else subject.gradcam
+    with pytest.raises(RuntimeError, match="boom in forward"):
+        run(images16, method=method)
+    assert model.calls == 2  # the first batch completed, the second raised
+    same_state(before, snapshot(model))
+
+
+def test_outer_no_grad_inference_mode_and_frozen_parameters_give_the_same_maps(tiny_cnn, images16):
+    subject = ca.Subject(tiny_cnn, layer="features.2", device="cpu")
+    reference = subject.gradcam(images16, target=1).raw
+    guided = subject.saliency(images16, target=1).raw
+    assert reference.abs().max() > 0 and guided.abs().max() > 0
+    for context in (torch.no_grad, torch.inference_mode):
+        with context():
+            torch.testing.assert_close(subject.gradcam(images16, target=1).raw, reference)
+            torch.testing.assert_close(subject.saliency(images16, target=1).raw, guided)
+    for p in tiny_cnn.parameters():
+        p.requires_grad_(False)
+    torch.testing.assert_close(subject.gradcam(images16, target=1).raw, reference)
+    assert not any(p.requires_grad for p in tiny_cnn.parameters())
+
+
+class MultiOutput(nn.Module):
+    def __init__(self, inner: nn.Module, kind: str) -> None:
+        super().__init__()
+        self.inner, self.kind = inner, kind
+
+    def forward(self, x):
+        logits = self.inner(x)
+        return (logits, logits * 0) if self.kind == "tuple" else {"aux": logits * 0, "out": logits}
+
+
+def test_tuple_and_dict_outputs_need_a_selector(tiny_cnn, images16):
+    reference = ca.Subject(tiny_cnn, layer="features.2", device="cpu").gradcam(images16, target=3).raw
+    as_tuple = MultiOutput(tiny_cnn, "tuple")
+    with pytest.raises(TypeError, match=r"a tuple of 2 .*Subject\(\.\.\., output=0\)"):
+        ca.Subject(as_tuple, layer="inner.features.2", device="cpu").gradcam(images16, target=3)
+    for output in (0, lambda out: out[0]):
+        selected = ca.Subject(as_tuple, layer="inner.features.2", device="cpu", output=output)
+        torch.testing.assert_close(selected.gradcam(images16, target=3).raw, reference)
+    as_dict = MultiOutput(tiny_cnn, "dict")
+    with pytest.raises(TypeError, match=r"a dict with keys \['aux', 'out'\]"):
+        ca.Subject(as_dict, layer="inner.features.2", device="cpu").gradcam(images16)
+    selected = ca.Subject(as_dict, layer="inner.features.2", device="cpu", output="out")
+    torch.testing.assert_close(selected.gradcam(images16, target=3).raw, reference)
+    with pytest.raises(ValueError, match="output='logits' does not select"):
+        ca.Subject(as_dict, layer="inner.features.2", device="cpu", output="logits").gradcam(images16)
+
+
+class OOMAbove(nn.Module):
+    """Raises CUDA's out-of-memory error for batches larger than ``k`` (runs on the CPU)."""
+
+    def __init__(self, inner: nn.Module, k: int) -> None:
+        super().__init__()
+        self.inner, self.k, self.sizes = inner, k, []
+
+    def forward(self, x):
+        self.sizes.append(x.shape[0])
+        if x.shape[0] > self.k:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "scorecam"])
+def test_out_of_memory_halves_the_batch_and_retries(tiny_cnn, method):
+    images = torch.rand(7, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    reference = ca.Subject(tiny_cnn, layer="features.2", device="cpu").gradcam(images, target=2, method=method).raw
+    model = OOMAbove(tiny_cnn, k=2)
+    heatmaps = ca.Subject(model, layer="inner.features.2", device="cpu", batch_size=5).gradcam(images, target=2, method=method)
+    torch.testing.assert_close(heatmaps.raw, reference)
+    assert max(model.sizes) == 5 and model.sizes[:3] == [5, 2, 2]  # 5 fails -> halved to 2, kept
+    assert all(size <= 2 for size in model.sizes[1:])
+
+
+def test_out_of_memory_with_a_single_image_is_raised(tiny_cnn, images16):
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        ca.Subject(OOMAbove(tiny_cnn, k=0), layer="inner.features.2", device="cpu").gradcam(images16)
+
+
+class _Discard:
+    def observe(self, obj):
+        pass
+
+
+def test_memory_is_flat_over_100_calls(tiny_cnn, images16):
+    subject = ca.Subject(tiny_cnn, layer="features.2", device="cpu", batch_size=3)
+
+    def live_tensors() -> int:
+        gc.collect()
+        return sum(1 for obj in gc.get_objects() if issubclass(type(obj), torch.Tensor))
+
+    with evidence.recording(_Discard()):  # independent of any recorder the pytest plugin installs
+        for _ in range(10):
+            subject.gradcam(images16)
+        baseline = live_tensors()
+        for call in range(100):
+            subject.gradcam(images16) if call % 2 else subject.saliency(images16)
+        assert live_tensors() == baseline
+    assert all(len(m._forward_hooks) == 0 for m in tiny_cnn.modules())
+
+
+def test_clear_errors_for_bad_input(tiny_cnn, images16):
+    subject = ca.Subject(tiny_cnn, layer="features.2", classes=["cat", "dog", "bird", "fish", "frog"], device="cpu")
+    with pytest.raises(KeyError, match="no layer named 'features.3x' in the model; close matches: 'features.3', "):
+        subject.gradcam(images16, layer="features.3x")
+    with pytest.raises(ValueError, match="got 3 targets for 4 images"):
+        subject.gradcam(images16, target=[0, 1, 2])
+    with pytest.raises(ValueError, match=r"unknown class 'dgo'; close matches: \['dog'\]"):
+        subject.gradcam(images16, target="dgo")
+    with pytest.raises(ValueError, match="class index 7 is out of range"):
+        subject.gradcam(images16, target=7)
+    with pytest.raises(ValueError, match=r"shape \(4, 1, 16, 16\)"):
+        subject.gradcam(images16[:, :1])
+    with pytest.raises(ValueError, match="channels-last"):
+        subject.gradcam(images16.permute(0, 2, 3, 1))
+    with pytest.raises(ValueError, match="dtype torch.int64"):
+        subject.gradcam((images16 * 255).long())
+    with pytest.raises(ValueError, match=r"in \[0,1\].*normalize"):
+        subject.gradcam(images16 * 255)
+    with pytest.raises(ValueError, match="CAM methods need a 4-D"):
+        subject.gradcam(images16, layer="fc")
+    with pytest.raises(ValueError, match=r"unknown CAM method 'gradcam\+'; choose one of gradcam, gradcam\+\+, xgradcam"):
+        subject.gradcam(images16, method="gradcam+")
+    with pytest.raises(ValueError, match=r"one score per image, shape \(4,\)"):
+        subject.gradcam(images16, target=lambda out: out)
+    with pytest.raises(ValueError, match="does not depend differentiably"):
+        subject.gradcam(images16, target=lambda out: out.argmax(1).float())
+    with pytest.raises(ValueError, match="got no images"):
+        subject.gradcam(images16[:0])
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        ca.Subject(tiny_cnn, batch_size=0)
+    with pytest.raises(TypeError, match="needs a torch.nn.Module"):
+        ca.Subject(lambda x: x)
+
+
+def test_unnamed_classes_and_callable_outputs_for_segmentation(images16):
+    model = nn.Sequential(nn.Conv2d(3, 2, 1), nn.ReLU(), nn.Conv2d(2, 3, 1)).eval()
+    subject = ca.Subject(model, device="cpu")
+    with pytest.raises(ValueError, match="no names; pass Subject"):
+        subject.gradcam(images16, target="cat")
+    with pytest.raises(ValueError, match="pass a callable target"):
+        subject.gradcam(images16, target=0)
+
+
+def test_devices():
+    model = nn.Conv2d(3, 1, 1)
+    assert ca.Subject(model, device="auto").device == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert ca.Subject(model, device="cpu").device == torch.device("cpu")
+    with pytest.raises(ValueError, match="device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"):
+        ca.Subject(model, device="gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            ca.Subject(model, device="cuda:0")
+    else:
+        with pytest.raises(ValueError, match="CUDA device"):
+            ca.Subject(model, device=f"cuda:{torch.cuda.device_count()}")
+
+
+def test_identity_is_stable_and_follows_the_weights(tiny_cnn):
+    subject = ca.Subject(tiny_cnn, device="cpu")
+    first = subject.identity()
+    assert first["class"] == "TinyCNN" and first["parameters"] == 3 * 4 * 9 + 4 + 4 * 6 * 9 + 6 + 2 * 6 + 6 * 5 + 5
+    assert len(first["sha256"]) == 64 and subject.identity() == first
+    with torch.no_grad():
+        tiny_cnn.fc.bias[0] += 1e-3
+    assert subject.identity()["sha256"] != first["sha256"]
+
+
+def test_normalize():
+    preprocess = ca.normalize(mean=(0.5, 0.25, 0.0), std=(0.5, 0.25, 2.0))
+    assert repr(preprocess) == "normalize(mean=(0.5, 0.25, 0.0), std=(0.5, 0.25, 2.0))"
+    x = torch.ones(1, 3, 2, 2)
+    torch.testing.assert_close(preprocess(x)[0, :, 0, 0], torch.tensor([1.0, 3.0, 0.5]))
+    with pytest.raises(ValueError, match="std must be positive"):
+        ca.normalize((0, 0, 0), (1, 0, 1))
+    with pytest.raises(ValueError, match="1 or 3 values"):
+        ca.normalize((0, 0), (1, 1, 1))
+
+
+@dataclass
+class Pickled:
+    value: int
+
+
+def test_load_weights(tmp_path, tiny_cnn):
+    path = tmp_path / "w.pt"
+    torch.save(tiny_cnn.state_dict(), path)
+    loaded = ca.load_weights(path)
+    assert all(torch.equal(loaded[k], v) for k, v in tiny_cnn.state_dict().items())
+
+    torch.save({"state_dict": tiny_cnn.state_dict(), "epoch": 3}, path)
+    with pytest.raises(ValueError, match=r"load_weights\(path, key='state_dict'\)"):
+        ca.load_weights(path)
+    assert set(ca.load_weights(path, key="state_dict")) == set(tiny_cnn.state_dict())
+
+    torch.save({"w": Pickled(1)}, path)
+    with pytest.raises(ValueError, match="holds pickled Python objects.*never runs code"):
+        ca.load_weights(path)
+    torch.save([torch.zeros(1)], path)
+    with pytest.raises(ValueError, match="holds a list, not a state dict"):
+        ca.load_weights(path)
+
+
+def test_imageset_ids_and_streaming(tiny_cnn, images16):
+    images = ca.ImageSet(images16, ids=["a", "b", "c", "d"])
+    subject = ca.Subject(tiny_cnn, layer="features.2", device="cpu", batch_size=3)
+    heatmaps = subject.gradcam(images, target=1)
+    assert heatmaps.ids == ["a", "b", "c", "d"] and heatmaps.images is images
+    torch.testing.assert_close(heatmaps.raw, subject.gradcam(images16, target=1).raw)
+    assert subject.gradcam(images16).ids == ["0", "1", "2", "3"]
+    assert heatmaps.overlay(2).shape == (16, 16, 3)
+
+
+def test_maximize_delegates(monkeypatch, tiny_cnn):
+    import cnnaudit.maximize as maximize_package
+
+    calls = []
+    monkeypatch.setattr(maximize_package, "maximize", lambda *args, **kwargs: calls.append((args, kwargs)) or "vis", raising=False)
+    subject = ca.Subject(tiny_cnn, device="cpu")
+    assert subject.maximize("features.0", [0, 1], steps=3) == "vis"
+    assert calls == [((subject, "features.0", [0, 1]), {"steps": 3})]
