@@ -42,3 +42,13 @@ def recording(recorder: Recorder) -> Iterator[Recorder]:
         yield recorder
     finally:
         _current.reset(token)
+
+
+@contextlib.contextmanager
+def paused() -> Iterator[None]:
+    """Record nothing inside the block (e.g. while a session-scoped fixture builds shared objects)."""
+    token = _current.set(None)
+    try:
+        yield
+    finally:
+        _current.reset(token)

@@ -18,3 +18,86 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5, cmap: st
     colored = colormaps[cmap](np.clip(heatmap, 0.0, 1.0))[..., :3]
     blended = (1.0 - alpha) * image[..., :3] + alpha * colored
     return (np.clip(blended, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def to_rgb8(image: object) -> np.ndarray:
+    """Any image as uint8 ``(H,W,3)``: numpy or torch, ``(H,W)``, ``(H,W,1|3|4)`` or ``(1|3,H,W)``,
+    uint8, bool or float in ``[0,1]`` (``ValueError`` otherwise)."""
+    if hasattr(image, "detach"):
+        image = image.detach().cpu().numpy()
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3, 4):
+        array = array.transpose(1, 2, 0)
+    if array.ndim == 3 and array.shape[-1] == 4:
+        array = array[..., :3]
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    if array.ndim != 3 or array.shape[-1] != 3 or array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"expected an image shaped (H,W), (H,W,3) or (3,H,W), got shape {np.asarray(image).shape}")
+    if array.dtype == np.uint8:
+        return np.ascontiguousarray(array)
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    array = array.astype(np.float32)
+    finite = array[np.isfinite(array)]
+    if finite.size != array.size or (finite.size and (finite.min() < 0.0 or finite.max() > 1.0)):
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (float("nan"), float("nan"))
+        raise ValueError(
+            f"float images must lie in [0,1] without NaN, got range [{low:.3g}, {high:.3g}] "
+            f"({array.size - finite.size} non-finite); rescale it or pass uint8"
+        )
+    return (array * 255.0 + 0.5).astype(np.uint8)
+
+
+def outline(image: np.ndarray, mask: np.ndarray, width: int = 1) -> np.ndarray:
+    """Draw the border of boolean ``mask`` on uint8 ``image``: white just inside, black just outside.
+
+    Inside ring: ``mask & ~erode(mask)``; outside ring: ``dilate(mask) & ~mask`` (``width`` px each),
+    so the outline stays visible on any colormap.
+    """
+    from scipy import ndimage
+
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != image.shape[:2]:
+        raise ValueError(f"mask {mask.shape} and image {image.shape[:2]} differ in size")
+    inside = mask & ~ndimage.binary_erosion(mask, iterations=width, border_value=0)
+    outside = ndimage.binary_dilation(mask, iterations=width) & ~mask
+    drawn = image.copy()
+    drawn[inside] = 255
+    drawn[outside] = 0
+    return drawn
+
+
+def grid(images: object, columns: int | None = None, pad: int = 2, background: int = 255) -> np.ndarray:
+    """Tile ``N`` same-sized images (``(N,3,S,S)`` float in ``[0,1]`` or ``(N,H,W,3)`` uint8) into one uint8 image.
+
+    ``columns`` defaults to ``ceil(sqrt(N))``; tiles are separated by ``pad`` px of ``background``.
+    """
+    tiles = [to_rgb8(tile) for tile in images]  # type: ignore[attr-defined]
+    if not tiles:
+        raise ValueError("grid() needs at least one image")
+    height, width = tiles[0].shape[:2]
+    if any(tile.shape[:2] != (height, width) for tile in tiles):
+        raise ValueError("grid() needs images of one size")
+    columns = columns or int(np.ceil(np.sqrt(len(tiles))))
+    rows = int(np.ceil(len(tiles) / columns))
+    canvas = np.full((rows * (height + pad) + pad, columns * (width + pad) + pad, 3), background, dtype=np.uint8)
+    for index, tile in enumerate(tiles):
+        top = pad + (index // columns) * (height + pad)
+        left = pad + (index % columns) * (width + pad)
+        canvas[top : top + height, left : left + width] = tile
+    return canvas
+
+
+def thumbnail(image: np.ndarray, max_side: int) -> np.ndarray:
+    """Shrink uint8 ``image`` so that its longer side is at most ``max_side`` (box filter; never enlarges)."""
+    from PIL import Image
+
+    height, width = image.shape[:2]
+    scale = max_side / max(height, width)
+    if scale >= 1.0:
+        return image
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX))

@@ -1,0 +1,201 @@
+"""Baselines: the Scores summaries of a reference run, to gate later runs against.
+
+A baseline file (JSON, written with ``--cnnaudit-save-baseline=PATH``) holds, per test node id, the
+environment the test ran in (torch version, device type, GPU model) and, per recorded Scores key
+(its name; ``name#2``… for repeats within the test), the summary: ``n``, ``n_undefined``, ``mean``,
+``median``, ``min``, ``max``, ``ci`` and quantiles, with the identity of the model behind it.
+Saving replaces the entries of the tests that ran and keeps the others, so a partial run refreshes
+only what it ran.
+
+In an audit, ``baseline(scores)`` returns the stored summary of the same test and key as a
+:class:`StoredScores`, whose methods mirror ``Scores``: ``baseline(mass).mean()``.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+FORMAT = "cnnaudit-baseline"
+VERSION = 1
+_STORED = ("name", "unit", "n", "n_undefined", "mean", "median", "min", "max", "ci", "quantiles", "model")
+
+
+class BaselineMissing(LookupError):
+    """No baseline entry for a Scores of a test (or no baseline file at all)."""
+
+
+class BaselineEnvironmentWarning(UserWarning):
+    """The baseline was recorded with another torch version, device, GPU or model."""
+
+
+@dataclass(frozen=True)
+class StoredInterval:
+    """A confidence interval read from a baseline."""
+
+    low: float | None
+    high: float | None
+    level: float
+
+
+class StoredScores:
+    """A Scores summary from a baseline: ``n``, ``n_undefined``, ``mean()``, ``median()``, ``min()``,
+    ``max()``, ``quantile(q)`` for the stored ``q`` and ``ci()`` at the stored level."""
+
+    def __init__(self, nodeid: str, key: str, summary: dict, environment: dict | None) -> None:
+        self.nodeid = nodeid
+        self.key = key
+        self.name = summary["name"]
+        self.n = summary["n"]
+        self.n_undefined = summary["n_undefined"]
+        self.model = summary.get("model")
+        self.environment = environment
+        self._summary = summary
+
+    def __repr__(self) -> str:
+        return f"StoredScores({self.key!r} of {self.nodeid!r}, n={self.n}, mean={self._summary['mean']})"
+
+    def mean(self) -> float | None:
+        return self._summary["mean"]
+
+    def median(self) -> float | None:
+        return self._summary["median"]
+
+    def min(self) -> float | None:
+        return self._summary["min"]
+
+    def max(self) -> float | None:
+        return self._summary["max"]
+
+    def quantile(self, q: float) -> float | None:
+        stored = self._summary["quantiles"]
+        if str(float(q)) not in stored:
+            raise KeyError(f"the baseline stores quantiles at {', '.join(stored)} only, not {q}")
+        return stored[str(float(q))]
+
+    def ci(self, level: float = 0.95) -> StoredInterval:
+        ci = self._summary["ci"] or {"low": None, "high": None, "level": level}
+        if abs(ci["level"] - level) > 1e-9:
+            raise ValueError(f"the baseline stores the {ci['level']:.0%} interval, not the {level:.0%} one")
+        return StoredInterval(ci["low"], ci["high"], ci["level"])
+
+
+class Baseline:
+    """A baseline file, read at construction (a missing file is empty and says so on lookup)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.exists = self.path.is_file()
+        self.tests: dict[str, dict] = read(self.path) if self.exists else {}
+
+    def entry(self, nodeid: str, key: str) -> dict | None:
+        """The stored summary of Scores ``key`` in test ``nodeid``, or ``None``."""
+        return self.tests.get(nodeid, {}).get("scores", {}).get(key)
+
+    def lookup(self, nodeid: str, key: str, *, environment: dict | None, model: dict | None) -> StoredScores:
+        """The stored Scores, warning if ``environment`` or ``model`` differ from the stored ones."""
+        __tracebackhide__ = True
+        how = f"create or refresh it by running this test with --cnnaudit-save-baseline={self.path}"
+        if not self.exists:
+            raise BaselineMissing(f"baseline file {self.path} does not exist (test {nodeid!r}, Scores {key!r}); {how}")
+        summary = self.entry(nodeid, key)
+        if summary is None:
+            stored = sorted(self.tests.get(nodeid, {}).get("scores", {}))
+            has = f"it has {', '.join(map(repr, stored))} for this test" if stored else "it has no entry for this test"
+            raise BaselineMissing(f"no baseline for Scores {key!r} of test {nodeid!r} in {self.path} ({has}); {how}")
+        stored_env = self.tests[nodeid].get("environment")
+        differences = environment_differences(stored_env, environment) + model_differences(summary.get("model"), model)
+        if differences:
+            warnings.warn(
+                BaselineEnvironmentWarning(
+                    f"baseline for {key!r} of {nodeid!r} was recorded in another setting: {'; '.join(differences)}. "
+                    "Differences may come from the setting, not only from the model's behaviour."
+                ),
+                stacklevel=3,
+            )
+        return StoredScores(nodeid, key, summary, stored_env)
+
+
+class BaselineLookup:
+    """The ``baseline`` fixture's value: ``baseline(scores)`` -> the stored summary for this test."""
+
+    def __init__(self, baseline: Baseline | None, nodeid: str, key_of: Any, environment: Any) -> None:
+        self._baseline = baseline
+        self._nodeid = nodeid
+        self._key_of = key_of
+        self._environment = environment
+
+    def __repr__(self) -> str:
+        return f"BaselineLookup({str(self._baseline.path) if self._baseline else None!r}, test={self._nodeid!r})"
+
+    def __call__(self, scores: Any) -> StoredScores:
+        __tracebackhide__ = True  # pytest shows the audit's line, not this one
+        key = self._key_of(scores)
+        if self._baseline is None:
+            raise BaselineMissing(
+                f"test {self._nodeid!r} asks for the baseline of Scores {key!r} but no baseline file was given: "
+                "run with --cnnaudit-baseline=PATH (create PATH with --cnnaudit-save-baseline=PATH)"
+            )
+        from cnnaudit.records import model_identity
+
+        subject = getattr((getattr(scores, "source", None) or {}).get("heatmaps"), "subject", None)
+        model = model_identity(subject)
+        return self._baseline.lookup(self._nodeid, key, environment=self._environment(subject), model=model)
+
+
+def environment_differences(stored: dict | None, current: dict | None) -> list[str]:
+    """``"torch 2.14 -> 2.15"``-style lines for the keys (torch, device, gpu) that differ."""
+    if not stored or not current:
+        return []
+    return [f"{k} {stored.get(k)} -> {current.get(k)}" for k in ("torch", "device", "gpu") if stored.get(k) != current.get(k)]
+
+
+def model_differences(stored: dict | None, current: dict | None) -> list[str]:
+    """A line when both models are known and their parameter hashes differ."""
+    if not stored or not current or stored.get("sha256") == current.get("sha256"):
+        return []
+    return [
+        f"model {stored.get('class')} sha256 {str(stored.get('sha256'))[:12]} -> "
+        f"{current.get('class')} sha256 {str(current.get('sha256'))[:12]}"
+    ]
+
+
+def read(path: Path) -> dict[str, dict]:
+    """The ``tests`` of a baseline file; ``ValueError`` if it is not one."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read baseline file {path}: {error}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a cnnaudit baseline file (expected \"format\": \"{FORMAT}\")")
+    if data.get("version") != VERSION:
+        raise ValueError(f"{path} is a version {data.get('version')} baseline; this cnnaudit reads version {VERSION}")
+    return data["tests"]
+
+
+def save(path: Path, results: Iterable[tuple[str, dict | None]]) -> int:
+    """Store each ``(nodeid, evidence)``'s Scores in ``path``, keeping other tests' entries; returns the count stored.
+
+    A test that ran without Scores loses its old entry.
+    """
+    from cnnaudit.report import atomic_open
+
+    path = Path(path)
+    tests = read(path) if path.is_file() else {}
+    stored = 0
+    for nodeid, evidence in results:
+        scores = (evidence or {}).get("scores") or []
+        if not scores:
+            tests.pop(nodeid, None)
+            continue
+        tests[nodeid] = {
+            "environment": evidence["environment"],
+            "scores": {s["key"]: {k: s[k] for k in _STORED} for s in scores},
+        }
+        stored += len(scores)
+    with atomic_open(path) as handle:
+        json.dump({"format": FORMAT, "version": VERSION, "tests": dict(sorted(tests.items()))}, handle, indent=1)
+    return stored

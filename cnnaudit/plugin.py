@@ -1,0 +1,184 @@
+"""The cnnaudit pytest plugin: options, fixtures and hooks. The work is done in ``cnnaudit.session``.
+
+Registered through the ``pytest11`` entry point. Importing it imports neither torch nor numpy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import pytest
+
+from cnnaudit import evidence as _evidence
+from cnnaudit.session import AuditSession, Settings, pick, prepare_image_dir, settings_from
+
+_OPTIONS = {
+    "report": ("PATH", "write the HTML report with the evidence behind every verdict to PATH"),
+    "json": ("PATH", "write the run's results and evidence as JSON to PATH"),
+    "device": ("DEVICE", "device audits run on: auto (CUDA when available), cpu, cuda or cuda:N (default: auto)"),
+    "baseline": ("PATH", "baseline file the `baseline` fixture compares against"),
+    "save_baseline": ("PATH", "store every recorded Scores summary as a baseline in PATH"),
+}
+_NOT_RUNNING = ("collectonly", "setuponly", "setupplan", "showfixtures", "show_fixtures_per_test", "markers", "help", "version")
+"""Options with which pytest runs no test: nothing is recorded and no report is (over)written."""
+_SESSION = pytest.StashKey[AuditSession]()
+_RECORDER = pytest.StashKey[Any]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("cnnaudit", "cnnaudit (audits of convolutional image models)")
+    for name, (metavar, text) in _OPTIONS.items():
+        group.addoption(f"--cnnaudit-{name.replace('_', '-')}", dest=f"cnnaudit_{name}", metavar=metavar, default=None,
+                        help=f"{text}; ini: cnnaudit_{name}")
+        parser.addini(f"cnnaudit_{name}", help=text, default="")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    workerinput = getattr(config, "workerinput", None)
+    try:
+        if workerinput is not None and "cnnaudit" in workerinput:
+            settings = Settings.from_plain(workerinput["cnnaudit"])
+        else:
+            ini_dir = config.inipath.parent if config.inipath else None
+            here = config.invocation_params.dir
+            values = {
+                name: pick(config.getoption(f"cnnaudit_{name}"), config.getini(f"cnnaudit_{name}"), here, ini_dir)
+                for name in _OPTIONS
+            }
+            settings = settings_from(values, junit=bool(config.getoption("xmlpath", None)))
+            if any(config.getoption(name, False) for name in _NOT_RUNNING):
+                settings = Settings(device=settings.device)
+        session = AuditSession(settings, controller=workerinput is None, worker_id=(workerinput or {}).get("workerid"))
+        if session.controller and settings.recording and settings.image_dir:
+            prepare_image_dir(settings.image_dir)
+    except ValueError as error:
+        raise pytest.UsageError(f"cnnaudit: {error}") from None
+    config.stash[_SESSION] = session
+    if session.controller and settings.recording:
+        config.pluginmanager.register(_Collector(session), "cnnaudit-collector")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist: hand the controller's resolved settings to each worker."""
+    node.workerinput["cnnaudit"] = node.config.stash[_SESSION].settings.to_plain()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return config.stash[_SESSION].header()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    session.config.stash[_SESSION].order = {item.nodeid: i for i, item in enumerate(session.items)}
+
+
+@contextlib.contextmanager
+def _recording(item: pytest.Item) -> Iterator[None]:
+    recorder = item.stash.get(_RECORDER, None)
+    if recorder is None:
+        yield
+    else:
+        with _evidence.recording(recorder):
+            yield
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    recorder = item.config.stash[_SESSION].recorder(item.nodeid)
+    if recorder is not None:
+        item.stash[_RECORDER] = recorder
+    with _recording(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with _recording(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Objects built by fixtures shared between tests are not evidence of the first test that asked."""
+    if fixturedef.scope == "function":
+        return (yield)
+    with _evidence.paused():
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+    recorder = item.stash.get(_RECORDER, None)
+    last_phase = call.when == "call" or (call.when == "setup" and call.excinfo is not None)
+    if recorder is None or not last_phase:
+        return (yield)
+    from cnnaudit.records import junit_properties
+
+    payload = item.config.stash[_SESSION].finish_test(recorder)
+    del item.stash[_RECORDER]  # items live as long as the session: keep no evidence objects on them
+    item.user_properties.extend(junit_properties(payload))
+    report = yield
+    report.cnnaudit = payload  # travels with the report to the xdist controller
+    return report
+
+
+def pytest_assertrepr_compare(config: pytest.Config, op: str, left: Any, right: Any) -> None:
+    """Note failed numeric comparisons so the report can mark the threshold a Scores missed."""
+    recorder = _evidence.current()
+    if recorder is not None and hasattr(recorder, "compared"):
+        recorder.compared(op, left, right)
+
+
+class _Collector:
+    """Registered on the controller when recording is on: folds reports in and writes the outputs."""
+
+    def __init__(self, session: AuditSession) -> None:
+        self.session = session
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.session.add_report(report)
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed:
+            self.session.add_collect_error(report)
+
+    def pytest_sessionfinish(self, exitstatus: int) -> None:
+        self.session.finish(interrupted=exitstatus == pytest.ExitCode.INTERRUPTED)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    for line in config.stash[_SESSION].summary_lines():
+        terminalreporter.write_line(line, yellow="WARNING" in line)
+
+
+# ---- fixtures ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def cnnaudit_device(request: pytest.FixtureRequest) -> Any:
+    """The ``torch.device`` to audit on (``--cnnaudit-device``; under xdist each worker takes its own GPU)."""
+    try:
+        device = request.config.stash[_SESSION].torch_device()
+    except ValueError as error:
+        pytest.fail(f"cnnaudit: {error}", pytrace=False)
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.set_device(device)  # so "cuda" and "auto" elsewhere in this worker mean its own GPU
+    return device
+
+
+@pytest.fixture(name="evidence")
+def evidence_fixture(request: pytest.FixtureRequest) -> Any:
+    """This test's recorder: ``evidence.image(name, array, caption=...)``, ``evidence.note(text)``."""
+    recorder = request.node.stash.get(_RECORDER, None)
+    if recorder is None:
+        from cnnaudit.records import EvidenceRecorder
+
+        recorder = EvidenceRecorder(request.node.nodeid, None)  # nothing is written: no output was asked for
+    return recorder
+
+
+@pytest.fixture
+def baseline(request: pytest.FixtureRequest) -> Any:
+    """``baseline(scores)`` -> the stored summary of the same Scores of this test (``--cnnaudit-baseline``)."""
+    return request.config.stash[_SESSION].baseline_lookup(request.node.nodeid, request.node.stash.get(_RECORDER, None))

@@ -1,0 +1,496 @@
+"""Evidence of one test, recorded while it runs.
+
+An :class:`EvidenceRecorder` is made current (``cnnaudit.evidence.recording``) around each test by
+the pytest plugin. Library objects announce themselves with ``evidence.notify(obj)``; the recorder
+renders their images to disk at once (a full-size JPEG and a thumbnail, both in ``image_dir``) and
+keeps only file names, so memory stays flat however many images a run produces. At the end of the
+test :meth:`EvidenceRecorder.finish` returns the test's evidence as plain JSON-able data (it
+travels from xdist workers to the controller inside the test report).
+
+Bounded per object and per test: the first :data:`OVERLAYS_PER_HEATMAPS` overlays of a
+``Heatmaps``; the :data:`EXTREMES_PER_SCORES` lowest and highest images of a ``Scores`` with a
+heatmap source; one grid of at most :data:`CHANNELS_PER_GRID` channels per ``Visualizations``; at
+most :data:`IMAGES_PER_TEST` images per test (the rest are counted in ``dropped_images``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import weakref
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+OVERLAYS_PER_HEATMAPS = 8
+EXTREMES_PER_SCORES = 4
+CHANNELS_PER_GRID = 64
+IMAGES_PER_TEST = 96
+THUMBNAIL_SIDE = 128
+GRID_THUMBNAIL_SIDE = 320
+QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
+HISTOGRAM_BINS = 20
+
+_MIRRORED = {"<": ">", ">": "<", "<=": ">=", ">=": "<=", "==": "==", "!=": "!="}
+
+
+class EvidenceRecorder:
+    """Collects one test's evidence; images go to ``image_dir`` (``None``: record numbers only).
+
+    ``index`` is the test's position in collection order (the report's order within an outcome).
+    ``device`` is the session's audit device, recorded with the scores for baselines.
+    """
+
+    def __init__(self, nodeid: str, image_dir: Path | None, *, index: int = 0, device: str = "cpu") -> None:
+        self.nodeid = nodeid
+        self.image_dir = image_dir
+        self.index = index
+        self.device = device
+        self._prefix = hashlib.sha1(nodeid.encode()).hexdigest()[:12]
+        self._written = 0
+        self._dropped = 0
+        self._scores: list[tuple[str, Any, dict[str, list[dict]]]] = []
+        self._keys: dict[int, str] = {}
+        self._heatmaps: list[dict] = []
+        self._visualizations: list[dict] = []
+        self._images: list[dict] = []
+        self._notes: list[str] = []
+        self._models: dict[str, dict] = {}
+        self._subjects: set[int] = set()
+        self._subject_device: str | None = None
+        self._seeds: set[int] = set()
+        self._comparisons: list[tuple[str, float, float]] = []
+
+    def __repr__(self) -> str:
+        return f"EvidenceRecorder({self.nodeid!r}, images={self._written}, scores={len(self._scores)})"
+
+    # ---- what library code and the audit author call --------------------------------------
+    def observe(self, obj: Any) -> None:
+        """Record a freshly created library object (``Heatmaps``, ``Scores``, ``Visualizations``, an image).
+
+        Evidence never changes a test's outcome: a failure to record becomes a note.
+        """
+        kind = next((c.__name__ for c in type(obj).__mro__ if c.__name__ in _OBSERVERS), None)
+        try:
+            if kind is not None:
+                _OBSERVERS[kind](self, obj)
+            elif _looks_like_image(obj):
+                self.image(type(obj).__name__, obj)
+            else:
+                self.note(f"{type(obj).__name__}: {repr(obj)[:300]}")
+        except Exception as error:  # noqa: BLE001 - recording must not fail the audit
+            self.note(f"cnnaudit could not record {type(obj).__name__}: {type(error).__name__}: {error}")
+
+    def image(self, name: str, array: Any, caption: str = "") -> None:
+        """Attach an image (see :func:`cnnaudit.render.to_rgb8` for the accepted forms) to this test."""
+        from cnnaudit.render import to_rgb8
+
+        image = to_rgb8(array)  # checked even when no image is written
+        saved = self._save(lambda: image, title=str(name), caption=str(caption))
+        if saved is not None:
+            self._images.append(saved)
+
+    def note(self, text: str) -> None:
+        """Attach a line of text to this test."""
+        self._notes.append(str(text))
+
+    def compared(self, op: str, left: Any, right: Any) -> None:
+        """Remember a failed numeric assertion ``left op right``; :meth:`finish` matches it to a Scores statistic."""
+        if op in _MIRRORED and _is_number(left) and _is_number(right) and math.isfinite(left) and math.isfinite(right):
+            self._comparisons.append((op, float(left), float(right)))
+
+    def key_of(self, scores: Any) -> str:
+        """The key ``scores`` is recorded under in this test (its name, ``#2``… for repeats)."""
+        return self._keys.get(id(scores), str(getattr(scores, "name", "scores")))
+
+    # ---- result -----------------------------------------------------------------------------
+    def finish(self, baseline_entry: Callable[[str], dict | None] = lambda key: None) -> dict:
+        """The test's evidence as JSON-able data; ``baseline_entry(key)`` gives a Scores' baseline summary.
+
+        The recorder lets go of the Scores it held (and the heatmaps and images behind them).
+        """
+        scores = []
+        for key, obj, images in self._scores:
+            try:
+                summary = summarize(obj)
+            except Exception as error:  # noqa: BLE001 - recording must not fail the audit
+                self.note(f"cnnaudit could not summarise Scores {key!r}: {type(error).__name__}: {error}")
+                continue
+            summary.update(key=key, images=images, model=_identity_of_source(obj))
+            summary["thresholds"] = match_thresholds(summary, self._comparisons)
+            summary["baseline"] = baseline_entry(key)
+            summary["delta_mean"] = _delta(summary["mean"], (summary["baseline"] or {}).get("mean"))
+            summary["histogram"] = histogram(obj.values, _markers(summary))
+            scores.append(summary)
+        self._scores, self._keys = [], {}
+        if "torch" in sys.modules:
+            self._seeds.add(int(sys.modules["torch"].initial_seed()))
+        environment = None
+        if scores:
+            from cnnaudit.environment import device_identity
+
+            environment = device_identity(self._subject_device or self.device)
+        return {
+            "index": self.index,
+            "scores": scores,
+            "heatmaps": self._heatmaps,
+            "visualizations": self._visualizations,
+            "images": self._images,
+            "notes": self._notes,
+            "models": list(self._models.values()),
+            "seeds": sorted(self._seeds),
+            "environment": environment,
+            "dropped_images": self._dropped,
+        }
+
+    # ---- observers ----------------------------------------------------------------------------
+    def _observe_heatmaps(self, heatmaps: Any) -> None:
+        self._note_subject(getattr(heatmaps, "subject", None))
+        entry = {
+            "method": str(heatmaps.method),
+            "layer": None if heatmaps.layer is None else str(heatmaps.layer),
+            "n": len(heatmaps),
+            "zero": int(heatmaps.zero.sum()),
+            "images": [],
+        }
+        if heatmaps.images is not None:
+            for i in range(min(len(heatmaps), OVERLAYS_PER_HEATMAPS)):
+                saved = self._save(
+                    lambda i=i: _overlay(heatmaps, i),
+                    title=str(heatmaps.ids[i]),
+                    caption=f"{heatmaps.method}, target {_target_name(heatmaps, i)}",
+                )
+                if saved is not None:
+                    entry["images"].append(saved)
+        self._heatmaps.append(entry)
+
+    def _observe_scores(self, scores: Any) -> None:
+        key = _unique(str(scores.name), {k for k, _, _ in self._scores})
+        self._keys[id(scores)] = key
+        self._scores.append((key, scores, self._extremes(scores)))
+
+    def _observe_visualizations(self, vis: Any) -> None:
+        from cnnaudit.render import grid
+
+        self._note_subject(getattr(vis, "subject", None))
+        channels = [int(c) for c in vis.channels]
+        seed = getattr(getattr(vis, "settings", None), "seed", None)
+        if isinstance(seed, int):
+            self._seeds.add(seed)
+        shown = channels[:CHANNELS_PER_GRID]
+        layer = getattr(vis, "layer", None)
+        title = f"{layer}" if layer is not None else "activation maximisation"
+        caption = f"channels {_ranges(shown)}"
+        if len(shown) < len(channels):
+            caption += f" (first {len(shown)} of {len(channels)})"
+        saved = self._save(
+            lambda: grid(vis.images[: len(shown)]), title=title, caption=caption, thumbnail_side=GRID_THUMBNAIL_SIDE
+        )
+        self._visualizations.append(
+            {"layer": None if layer is None else str(layer), "channels": channels, "images": [saved] if saved else []}
+        )
+
+    # ---- helpers --------------------------------------------------------------------------------
+    def _extremes(self, scores: Any) -> dict[str, list[dict]]:
+        """Overlays (with region outlines) of the lowest and highest defined values of ``scores``."""
+        source = getattr(scores, "source", None) or {}
+        heatmaps, regions = source.get("heatmaps"), source.get("regions")
+        if heatmaps is None:
+            return {}
+        self._note_subject(getattr(heatmaps, "subject", None))
+        if heatmaps.images is None or self.image_dir is None:
+            return {}
+        values = np.asarray(scores.values, dtype=np.float64)
+        ordered = [int(j) for j in np.argsort(values, kind="stable") if np.isfinite(values[j])]
+        low_count = min(EXTREMES_PER_SCORES, (len(ordered) + 1) // 2)
+        picks = {
+            "lowest": ordered[:low_count],
+            "highest": ordered[::-1][: min(EXTREMES_PER_SCORES, len(ordered) - low_count)],
+        }
+        locate = _heatmap_index(scores, heatmaps)
+        out: dict[str, list[dict]] = {}
+        for label, positions in picks.items():
+            out[label] = []
+            for j in positions:
+                i = locate(j)
+                if i is None:
+                    continue
+                saved = self._save(
+                    lambda i=i: _outlined_overlay(heatmaps, regions, i),
+                    title=str(heatmaps.ids[i]),
+                    caption=f"{scores.name} = {values[j]:.3g}",
+                )
+                if saved is not None:
+                    out[label].append(saved)
+        return out
+
+    def _note_subject(self, subject: Any) -> None:
+        if subject is None or id(subject) in self._subjects:
+            return
+        self._subjects.add(id(subject))
+        device = getattr(subject, "device", None)
+        if device is not None and self._subject_device is None:
+            self._subject_device = str(device)
+        described = model_identity(subject)
+        if described is not None:
+            self._models.setdefault(str(described.get("sha256")), described)
+
+    def _save(self, render: Callable[[], np.ndarray], *, title: str, caption: str,
+              thumbnail_side: int = THUMBNAIL_SIDE) -> dict | None:
+        """Render the image and write it and its thumbnail as JPEGs; return the record.
+
+        Nothing is rendered without an image folder or past the per-test limit (``None``).
+        """
+        if self.image_dir is None:
+            return None
+        if self._written >= IMAGES_PER_TEST:
+            self._dropped += 1
+            return None
+        from cnnaudit.render import thumbnail
+
+        image = render()
+        self._written += 1
+        stem = f"{self._prefix}-{self._written:03d}"
+        full, thumb = f"{stem}.jpg", f"{stem}.t.jpg"
+        _write_jpeg(image, self.image_dir / full, quality=90)
+        small = thumbnail(image, thumbnail_side)
+        thumb_bytes = _write_jpeg(small, self.image_dir / thumb, quality=80)
+        return {
+            "id": stem,
+            "title": title,
+            "caption": caption,
+            "file": full,
+            "thumb": thumb,
+            "width": int(image.shape[1]),
+            "height": int(image.shape[0]),
+            "thumb_width": int(small.shape[1]),
+            "thumb_height": int(small.shape[0]),
+            "thumb_bytes": thumb_bytes,
+        }
+
+
+_OBSERVERS: dict[str, Callable[[EvidenceRecorder, Any], None]] = {
+    "View": lambda recorder, view: recorder.image(view.name, view.image),
+    "Heatmaps": EvidenceRecorder._observe_heatmaps,
+    "Scores": EvidenceRecorder._observe_scores,
+    "Visualizations": EvidenceRecorder._observe_visualizations,
+}
+
+
+# ---- summaries --------------------------------------------------------------------------------
+def summarize(scores: Any) -> dict:
+    """``n``, ``n_undefined``, ``mean``, ``median``, ``min``, ``max``, ``ci`` and :data:`QUANTILES` of ``scores``.
+
+    Statistics are ``None`` when no value is defined.
+    """
+    values = np.asarray(scores.values, dtype=np.float64)
+    out: dict[str, Any] = {
+        "name": str(scores.name),
+        "unit": str(getattr(scores, "unit", "image")),
+        "n": int(scores.n),
+        "n_undefined": int(scores.n_undefined),
+        "mean": None, "median": None, "min": None, "max": None, "ci": None, "quantiles": {},
+    }
+    if np.isfinite(values).any():
+        interval = scores.ci()
+        out.update(
+            mean=_number(scores.mean()),
+            median=_number(scores.median()),
+            min=_number(scores.min()),
+            max=_number(scores.max()),
+            ci={"low": _number(interval.low), "high": _number(interval.high), "level": float(getattr(interval, "level", 0.95))},
+            quantiles={str(q): _number(scores.quantile(q)) for q in QUANTILES},
+        )
+    return out
+
+
+def statistics(summary: dict) -> dict[str, float]:
+    """The summary's statistics by the expression an audit would write, most commonly gated first."""
+    stats = {"mean()": summary["mean"]}
+    if summary["ci"]:
+        stats["ci().low"] = summary["ci"]["low"]
+        stats["ci().high"] = summary["ci"]["high"]
+    stats.update({f"{name}()": summary[name] for name in ("median", "min", "max")})
+    stats.update({f"quantile({q})": v for q, v in summary["quantiles"].items()})
+    return {name: value for name, value in stats.items() if value is not None}
+
+
+def match_thresholds(summary: dict, comparisons: list[tuple[str, float, float]]) -> list[dict]:
+    """Failed comparisons with one side exactly a statistic of ``summary``: ``{stat, op, value, actual}``.
+
+    The left side is tried first (``assert s.mean() >= 0.5``), then the right one (``0.5 <= s.mean()``
+    becomes ``mean() >= 0.5``); on each side the first equal statistic in :func:`statistics` order is
+    taken (a mean that equals the median is reported as the mean).
+    """
+    stats = statistics(summary)
+    found = []
+    for op, left, right in comparisons:
+        for side, other, op_seen in ((left, right, op), (right, left, _MIRRORED[op])):
+            stat = next((name for name, value in stats.items() if value == side), None)
+            if stat is not None:
+                found.append({"stat": stat, "op": op_seen, "value": other, "actual": side})
+                break
+    return found
+
+
+def histogram(values: Any, markers: list[float]) -> dict | None:
+    """:data:`HISTOGRAM_BINS` equal bins over the defined values, widened to include ``markers``."""
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return None
+    low = min([float(finite.min())] + markers)
+    high = max([float(finite.max())] + markers)
+    if high - low < 1e-12:
+        low, high = low - 0.5, high + 0.5
+    counts, _ = np.histogram(finite, bins=HISTOGRAM_BINS, range=(low, high))
+    return {"low": low, "high": high, "counts": counts.tolist()}
+
+
+def junit_properties(evidence: dict) -> list[tuple[str, object]]:
+    """Each Scores' numbers as JUnit properties ``cnnaudit.<key>.<stat>``."""
+    props: list[tuple[str, object]] = []
+    for s in evidence["scores"]:
+        prefix = f"cnnaudit.{s['key']}"
+        props += [(f"{prefix}.n", s["n"]), (f"{prefix}.n_undefined", s["n_undefined"]), (f"{prefix}.mean", s["mean"])]
+        if s["ci"]:
+            props += [(f"{prefix}.ci_low", s["ci"]["low"]), (f"{prefix}.ci_high", s["ci"]["high"])]
+        if s["delta_mean"] is not None:
+            props.append((f"{prefix}.delta_mean", s["delta_mean"]))
+    return props
+
+
+# ---- small helpers ---------------------------------------------------------------------------------
+def _markers(summary: dict) -> list[float]:
+    marks = [t["value"] for t in summary["thresholds"]]
+    if summary["baseline"] and summary["baseline"].get("mean") is not None:
+        marks.append(summary["baseline"]["mean"])
+    return [m for m in marks if math.isfinite(m)]
+
+
+def _overlay(heatmaps: Any, i: int) -> np.ndarray:
+    """Overlay of map ``i`` alone: ``mass_i / max(mass_i)`` (as ``Heatmaps.maps``) without computing all maps."""
+    from cnnaudit.render import overlay
+
+    mass = heatmaps.upsample(heatmaps.raw[i : i + 1])[0].cpu().numpy()
+    peak = mass.max()
+    return overlay(heatmaps.image(i), mass / peak if peak > 0 else mass)
+
+
+def _outlined_overlay(heatmaps: Any, regions: Any, i: int) -> np.ndarray:
+    """Overlay ``i`` with the outline of its region (width about 1% of the image side)."""
+    from cnnaudit.render import outline
+
+    image = _overlay(heatmaps, i)
+    if regions is None:
+        return image
+    mask = np.asarray(regions.mask(i, image.shape[:2]), dtype=bool)
+    return outline(image, mask, width=max(1, min(image.shape[:2]) // 100))
+
+
+def _heatmap_index(scores: Any, heatmaps: Any) -> Callable[[int], int | None]:
+    """Map a position in ``scores`` to a heatmap index: ``source["index"]``, else by id, else positionally."""
+    index = scores.source.get("index")
+    if index is not None:
+        return lambda j: int(index[j])
+    ids = getattr(scores, "ids", None)
+    if ids is not None and len(ids) == len(scores.values):
+        where = {str(hid): i for i, hid in enumerate(heatmaps.ids)}
+        return lambda j: where.get(str(ids[j]))
+    if len(scores.values) == len(heatmaps):
+        return lambda j: j
+    return lambda j: None
+
+
+def _target_name(heatmaps: Any, i: int) -> str:
+    target = int(heatmaps.targets[i])
+    classes = getattr(getattr(heatmaps, "subject", None), "classes", None)
+    if target >= 0 and classes and target < len(classes):
+        return f"{classes[target]} ({target})"
+    return "custom" if target < 0 else str(target)
+
+
+def _identity_of_source(scores: Any) -> dict | None:
+    return model_identity(getattr((getattr(scores, "source", None) or {}).get("heatmaps"), "subject", None))
+
+
+_IDENTITIES: dict[int, tuple[list[weakref.ref], list[int], dict]] = {}
+
+
+def model_identity(subject: Any) -> dict | None:
+    """``subject.identity()`` (model class, parameter count, state hash), or ``None`` without one.
+
+    Hashing a large model's state takes a while, so the result is reused while the model's state
+    tensors are the same objects with the same version counters (``Tensor._version`` counts
+    in-place changes: optimiser steps, ``load_state_dict``).
+    """
+    identity = getattr(subject, "identity", None)
+    if not callable(identity):
+        return None
+    model = getattr(subject, "model", None)
+    if model is None:
+        return _plain(identity())
+    tensors = list(model.state_dict(keep_vars=True).values())
+    versions = [t._version for t in tensors]
+    cached = _IDENTITIES.get(id(subject))
+    if cached is not None:
+        refs, known_versions, described = cached
+        same_tensors = len(refs) == len(tensors) and all(r() is t for r, t in zip(refs, tensors, strict=True))
+        if same_tensors and known_versions == versions:
+            return described
+    described = _plain(identity())
+    _IDENTITIES[id(subject)] = ([weakref.ref(t) for t in tensors], versions, described)
+    return described
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as builtin JSON types (it travels between processes and into JSON files)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _write_jpeg(image: np.ndarray, path: Path, quality: int) -> int:
+    from PIL import Image
+
+    Image.fromarray(image).save(path, format="JPEG", quality=quality, subsampling=0)
+    return path.stat().st_size
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    if name not in taken:
+        return name
+    count = 2
+    while f"{name}#{count}" in taken:
+        count += 1
+    return f"{name}#{count}"
+
+
+def _ranges(channels: list[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``"0-2, 5, 7-8"``."""
+    runs: list[list[int]] = []
+    for c in channels:
+        if runs and c == runs[-1][-1] + 1:
+            runs[-1].append(c)
+        else:
+            runs.append([c])
+    return ", ".join(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}" for run in runs)
+
+
+def _looks_like_image(obj: Any) -> bool:
+    shape = getattr(obj, "shape", None)
+    return shape is not None and len(shape) in (2, 3)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _number(value: Any) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _delta(value: float | None, reference: float | None) -> float | None:
+    return None if value is None or reference is None else value - reference

@@ -1,0 +1,216 @@
+"""The HTML and JSON reports of an audit run.
+
+The HTML report is one self-contained file (jinja2 with autoescaping; CSS and JS inlined; a
+Content-Security-Policy that lets it load nothing from the network). Thumbnails are inlined as
+data URIs, failures first, up to an inline budget (:data:`INLINE_BUDGET_BYTES`); past it thumbnails
+are linked from the sibling image folder instead and the report says so. Full-size images are
+always sibling files, opened in a lightbox. Both files are written atomically (a temporary file,
+then ``os.replace``), the HTML streamed so memory does not grow with the number of images.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+INLINE_BUDGET_BYTES = 24 * 2**20
+FORMAT = "cnnaudit-report"
+VERSION = 1
+HISTOGRAM_WIDTH = 240
+HISTOGRAM_HEIGHT = 56
+MIN_SHOWN_SIDE = 112
+
+
+@contextlib.contextmanager
+def atomic_open(path: Path) -> Iterator[IO[str]]:
+    """Open a temporary file next to ``path`` for writing text; on success it replaces ``path`` at once."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(temporary, "x", encoding="utf-8") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def all_images(evidence: dict | None) -> Iterator[dict]:
+    """Every image record of a test's evidence, in the order the report shows them."""
+    if not evidence:
+        return
+    for scores in evidence["scores"]:
+        for label in ("lowest", "highest"):
+            yield from scores["images"].get(label, [])
+    for group in ("heatmaps", "visualizations"):
+        for item in evidence[group]:
+            yield from item["images"]
+    yield from evidence["images"]
+
+
+def plan_inlining(entries: list[dict], budget: int) -> tuple[set[str], int]:
+    """Ids of the thumbnails to inline (in report order, while their base64 fits ``budget``) and the number linked instead."""
+    inline: set[str] = set()
+    used, linked = 0, 0
+    for entry in entries:
+        for image in all_images(entry["evidence"]):
+            size = 4 * ((image["thumb_bytes"] + 2) // 3) + 23
+            if used + size <= budget:
+                inline.add(image["id"])
+                used += size
+            else:
+                linked += 1
+    return inline, linked
+
+
+def shown_size(image: dict) -> tuple[int, int]:
+    """Display size of a thumbnail: its own, or enlarged by an integer factor until its longer side
+    reaches :data:`MIN_SHOWN_SIDE`."""
+    width, height = image["thumb_width"], image["thumb_height"]
+    factor = max(1, -(-MIN_SHOWN_SIDE // max(width, height)))
+    return width * factor, height * factor
+
+
+def histogram_figure(summary: dict, width: int = HISTOGRAM_WIDTH, height: int = HISTOGRAM_HEIGHT) -> dict | None:
+    """SVG geometry of a Scores' histogram: bars, the CI band and markers (mean, thresholds, baseline mean)."""
+    hist = summary.get("histogram")
+    if not hist:
+        return None
+    low, high, counts = hist["low"], hist["high"], hist["counts"]
+    peak = max(counts) or 1
+    step = width / len(counts)
+
+    def x(value: float) -> float:
+        return round((value - low) / (high - low) * width, 2)
+
+    bars = [
+        {"x": round(i * step, 2), "w": round(max(step - 1, 1), 2), "h": round(c / peak * (height - 4), 2), "count": c}
+        for i, c in enumerate(counts)
+    ]
+    marks = [
+        {"x": x(t["value"]), "kind": "threshold", "label": f"threshold {t['stat']} {t['op']} {t['value']:.4g}"}
+        for t in summary["thresholds"]
+    ]
+    if summary["mean"] is not None:
+        marks.append({"x": x(summary["mean"]), "kind": "mean", "label": f"mean {summary['mean']:.4g}"})
+    base = (summary.get("baseline") or {}).get("mean")
+    if base is not None:
+        marks.append({"x": x(base), "kind": "baseline", "label": f"baseline mean {base:.4g}"})
+    ci = summary["ci"]
+    band = {"x0": x(ci["low"]), "x1": x(ci["high"])} if ci and ci["low"] is not None and ci["high"] is not None else None
+    return {"width": width, "height": height, "bars": bars, "marks": marks, "band": band, "low": low, "high": high}
+
+
+def document(results: Any, *, environment: dict, interrupted: bool, in_progress: bool, image_dir: str | None,
+             baseline: dict | None, started: float, finished: float) -> dict:
+    """The run as one JSON-able document (what ``--cnnaudit-json`` writes and the HTML shows)."""
+    entries = results.entries()
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "verdict": results.verdict(interrupted),
+        "interrupted": interrupted,
+        "in_progress": in_progress,
+        "counts": results.counts(),
+        "environment": environment,
+        "models": results.models(),
+        "seeds": results.seeds(),
+        "baseline": baseline,
+        "images_dir": image_dir,
+        "started": started,
+        "duration": finished - started,
+        "tests": entries,
+    }
+
+
+def write_json(path: Path, doc: dict) -> None:
+    """Write ``doc`` as JSON to ``path`` atomically; ``images_dir`` becomes relative to ``path``."""
+    doc = {**doc, "images_dir": _relative(doc["images_dir"], Path(path))}
+    with atomic_open(path) as handle:
+        json.dump(doc, handle, indent=1, allow_nan=False)
+
+
+def write_html(path: Path, doc: dict, budget: int = INLINE_BUDGET_BYTES) -> dict:
+    """Render ``doc`` to ``path`` atomically; returns ``{"bytes", "images", "linked"}``."""
+    import jinja2
+
+    path = Path(path)
+    images_dir = Path(doc["images_dir"]) if doc["images_dir"] else None
+    prefix = _relative(doc["images_dir"], path) or "."
+    inline, linked = plan_inlining(doc["tests"], budget)
+
+    def thumb_src(image: dict) -> str:
+        if image["id"] in inline and images_dir is not None:
+            data = (images_dir / image["thumb"]).read_bytes()
+            return "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
+        return f"{prefix}/{image['thumb']}"
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("cnnaudit.report", "templates"),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["num"] = _num
+    env.filters["signed"] = _signed
+    env.filters["hash_id"] = test_anchor
+    env.filters["search_text"] = search_text
+    env.globals.update(
+        thumb_src=thumb_src,
+        full_src=lambda image: f"{prefix}/{image['file']}",
+        histogram=histogram_figure,
+        shown_size=shown_size,
+    )
+    template = env.get_template("report.html.j2")
+    total_images = sum(1 for entry in doc["tests"] for _ in all_images(entry["evidence"]))
+    context = {
+        "doc": doc,
+        "images_prefix": prefix,
+        "linked": linked,
+        "total_images": total_images,
+        "budget_mb": budget / 2**20,
+    }
+    with atomic_open(path) as handle:
+        for chunk in template.generate(**context):
+            handle.write(chunk)
+    return {"bytes": path.stat().st_size, "images": total_images, "linked": linked}
+
+
+def test_anchor(nodeid: str) -> str:
+    """A stable HTML id for a test: a hash of its node id (node ids may hold any character)."""
+    return hashlib.sha1(nodeid.encode()).hexdigest()[:12]
+
+
+def search_text(entry: dict) -> str:
+    """What the report's search box matches for a test: node id, outcome, message, Scores keys, notes."""
+    evidence = entry["evidence"] or {}
+    parts = [entry["nodeid"], entry["outcome"], entry["message"]]
+    parts += [s["key"] for s in evidence.get("scores", [])] + list(evidence.get("notes", []))
+    return " ".join(parts).lower()
+
+
+def _relative(directory: str | None, target: Path) -> str | None:
+    if directory is None:
+        return None
+    return Path(os.path.relpath(Path(directory).resolve(), Path(target).resolve().parent)).as_posix()
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    """``0.51234`` -> ``"0.512"``; ``None`` -> ``"—"``."""
+    if value is None:
+        return "—"
+    return f"{value:.{digits}g}" if abs(value) >= 1e4 or 0 < abs(value) < 1e-3 else f"{value:.{digits}f}"
+
+
+def _signed(value: Any, digits: int = 3) -> str:
+    """``0.031`` -> ``"+0.031"``; ``None`` -> ``"—"``."""
+    return "—" if value is None else ("+" if value >= 0 else "−") + _num(abs(value), digits)

@@ -1,0 +1,265 @@
+"""One audit run as the pytest plugin drives it: settings, per-test recorders, results and outputs.
+
+The plugin (``cnnaudit.plugin``) only translates pytest hooks into calls on :class:`AuditSession`.
+Recording is on when the run asks for something recorded (``--cnnaudit-report``, ``--cnnaudit-json``,
+``--cnnaudit-baseline``, ``--cnnaudit-save-baseline`` or ``--junitxml``); otherwise library objects
+register with nothing and the run costs what plain pytest costs.
+
+On the controller (the only process without xdist) the session folds test reports into
+:class:`~cnnaudit.results.RunResults`, rewrites the outputs now and then while the run goes on
+(checkpoints, so that even a killed run leaves a report of what finished) and once more at the end.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from cnnaudit import report
+from cnnaudit.baseline import Baseline, BaselineLookup, environment_differences, read, save
+from cnnaudit.environment import check_device_option, describe, device_identity, header_line, torch_device
+from cnnaudit.results import RunResults
+
+CHECKPOINT_SECONDS = 30.0
+"""Least time between two checkpoint writes; also at most 10% of the run goes to checkpoints."""
+
+_MARKER = ".cnnaudit-images"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved options (absolute paths)."""
+
+    report: Path | None = None
+    json: Path | None = None
+    device: str = "auto"
+    baseline: Path | None = None
+    save_baseline: Path | None = None
+    junit: bool = False
+
+    def to_plain(self) -> dict[str, Any]:
+        """The settings as strings (for xdist's ``workerinput``)."""
+        return {f.name: str(v) if isinstance(v, Path) else v for f in fields(self) for v in [getattr(self, f.name)]}
+
+    @classmethod
+    def from_plain(cls, plain: dict[str, Any]) -> Settings:
+        """Inverse of :meth:`to_plain`."""
+        paths = {f.name for f in fields(cls) if f.name not in ("device", "junit")}
+        return cls(**{k: Path(v) if k in paths and v is not None else v for k, v in plain.items()})
+
+    @property
+    def recording(self) -> bool:
+        """Whether tests are recorded at all."""
+        return any((self.report, self.json, self.baseline, self.save_baseline, self.junit))
+
+    @property
+    def image_dir(self) -> Path | None:
+        """Where evidence images go: ``<report>_files`` next to the HTML (else the JSON) report."""
+        anchor = self.report or self.json
+        return anchor.with_name(anchor.stem + "_files") if anchor else None
+
+
+def pick(command_line: str | None, ini: str | None, invocation_dir: Path, ini_dir: Path | None) -> tuple[str | None, Path]:
+    """The command-line value if given, else the ini value, with the directory relative paths start from."""
+    if command_line:
+        return command_line, invocation_dir
+    if ini:
+        return ini, ini_dir or invocation_dir
+    return None, invocation_dir
+
+
+def settings_from(values: dict[str, tuple[str | None, Path]], junit: bool) -> Settings:
+    """``Settings`` from ``{name: (value, base_dir)}`` as :func:`pick` returns them; ``ValueError`` on a bad device."""
+
+    def path(name: str) -> Path | None:
+        value, base = values[name]
+        return (base / value).resolve() if value else None
+
+    device = values["device"][0] or "auto"
+    check_device_option(device)
+    return Settings(
+        report=path("report"),
+        json=path("json"),
+        device=device,
+        baseline=path("baseline"),
+        save_baseline=path("save_baseline"),
+        junit=junit,
+    )
+
+
+def prepare_image_dir(directory: Path) -> None:
+    """Empty ``directory`` of a previous run's images (only if cnnaudit made it) and create it."""
+    if directory.exists():
+        if not (directory / _MARKER).exists() and any(directory.iterdir()):
+            raise ValueError(
+                f"{directory} exists and was not made by cnnaudit; the report keeps its images there — "
+                "move it away or choose another report path"
+            )
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    (directory / _MARKER).write_text("images of a cnnaudit report; emptied at the start of each run\n")
+
+
+class AuditSession:
+    """The run's state in one process (a worker records; the controller also collects and writes)."""
+
+    def __init__(self, settings: Settings, *, controller: bool, worker_id: str | None) -> None:
+        if settings.save_baseline and settings.save_baseline.is_file():
+            read(settings.save_baseline)  # refuse to overwrite a file that is not a baseline
+        self.settings = settings
+        self.controller = controller
+        self.worker_id = worker_id
+        self.baseline = Baseline(settings.baseline) if settings.baseline else None
+        self.order: dict[str, int] = {}
+        self.started = time.time()
+        self.outputs: dict[str, Any] = {}
+        self.checkpoint_error: str | None = None
+        self.results = RunResults()
+        self._device: str | None = None
+        self._environment: dict | None = None
+        self._last_write = float("-inf")
+        self._write_cost = 0.0
+
+    # ---- devices -------------------------------------------------------------------------------------
+    def torch_device(self) -> Any:
+        """The ``torch.device`` audits in this process run on (``ValueError`` if it is not available)."""
+        return torch_device(self.settings.device, self.worker_id)
+
+    @property
+    def device(self) -> str:
+        """This process' audit device as a string; ``cpu`` if the requested one is not available."""
+        if self._device is None:
+            try:
+                self._device = str(self.torch_device())
+            except ValueError:
+                self._device = "cpu"
+        return self._device
+
+    def header(self) -> list[str]:
+        """pytest header lines: torch, CUDA, GPU and device; then where the outputs go."""
+        try:
+            device = str(self.torch_device())
+        except ValueError as error:
+            device = f"{self.settings.device} (unavailable: {error})"
+        lines = [header_line(describe(), device)]
+        s = self.settings
+        named = (("report", s.report), ("json", s.json), ("save baseline", s.save_baseline))
+        outputs = [f"{name} {path}" for name, path in named if path]
+        if self.baseline is not None:
+            outputs.append(f"baseline {self.baseline.path}" + ("" if self.baseline.exists else " (missing)"))
+        if outputs:
+            lines.append("cnnaudit outputs: " + ", ".join(outputs))
+        return lines
+
+    # ---- recording (every process) ------------------------------------------------------------------
+    def recorder(self, nodeid: str) -> Any:
+        """A fresh recorder for test ``nodeid`` (``None`` when the run records nothing)."""
+        from cnnaudit.records import EvidenceRecorder
+
+        if not self.settings.recording:
+            return None
+        return EvidenceRecorder(nodeid, self.settings.image_dir, index=self.order.get(nodeid, -1), device=self.device)
+
+    def finish_test(self, recorder: Any) -> dict:
+        """The recorder's evidence, with the baseline entries of its Scores."""
+        baseline = self.baseline
+        return recorder.finish(lambda key: baseline.entry(recorder.nodeid, key) if baseline else None)
+
+    def baseline_lookup(self, nodeid: str, recorder: Any) -> Any:
+        """The ``baseline`` fixture's callable for test ``nodeid``."""
+
+        def environment(subject: Any) -> dict:
+            return device_identity(getattr(subject, "device", None) or self.device)
+
+        key_of = recorder.key_of if recorder is not None else (lambda scores: str(scores.name))
+        return BaselineLookup(self.baseline, nodeid, key_of, environment)
+
+    # ---- collecting (controller) ----------------------------------------------------------------------
+    def add_report(self, test_report: Any) -> None:
+        """Fold a test report in; write a checkpoint when a test finished and enough time passed.
+
+        A checkpoint that fails does not stop the run: the error is shown in the terminal summary and
+        the final write at the end of the session tries again (and fails loudly).
+        """
+        if self.results.add(test_report) is None or not self._checkpoint_due():
+            return
+        try:
+            self.write(interrupted=False, in_progress=True)
+        except Exception as error:  # noqa: BLE001 - see the docstring
+            self.checkpoint_error = f"{type(error).__name__}: {error}"
+            self._last_write = time.monotonic()
+
+    def add_collect_error(self, collect_report: Any) -> None:
+        self.results.add_collect_error(collect_report)
+
+    def _checkpoint_due(self) -> bool:
+        has_outputs = self.settings.report or self.settings.json
+        return bool(has_outputs) and time.monotonic() - self._last_write >= max(CHECKPOINT_SECONDS, 10 * self._write_cost)
+
+    def finish(self, interrupted: bool) -> None:
+        """Write the final outputs (and the baseline, if asked)."""
+        self.write(interrupted=interrupted, in_progress=False)
+        if self.settings.save_baseline:
+            stored = save(self.settings.save_baseline, [(e["nodeid"], e["evidence"]) for e in self.results.finished])
+            self.outputs["baseline"] = (self.settings.save_baseline, stored)
+
+    def write(self, *, interrupted: bool, in_progress: bool) -> None:
+        """Write the HTML and JSON reports of what finished so far."""
+        s = self.settings
+        if not (s.report or s.json):
+            return
+        begin = time.monotonic()
+        doc = report.document(
+            self.results,
+            environment=self.environment(),
+            interrupted=interrupted,
+            in_progress=in_progress,
+            image_dir=str(s.image_dir),
+            baseline=self.baseline_info(),
+            started=self.started,
+            finished=time.time(),
+        )
+        if s.json:
+            report.write_json(s.json, doc)
+            self.outputs["json"] = (s.json, len(doc["tests"]))
+        if s.report:
+            self.outputs["report"] = (s.report, report.write_html(s.report, doc))
+        self._last_write = time.monotonic()
+        self._write_cost = self._last_write - begin
+
+    def environment(self) -> dict:
+        """This machine's environment and the audit device (computed once)."""
+        if self._environment is None:
+            self._environment = {**describe(), "device": self.device}
+        return self._environment
+
+    def baseline_info(self) -> dict | None:
+        """The baseline file and how the settings it was recorded in differ from this run's."""
+        if self.baseline is None:
+            return None
+        current = device_identity(self.device)
+        differences = {
+            line for test in self.baseline.tests.values() for line in environment_differences(test.get("environment"), current)
+        }
+        return {"path": str(self.baseline.path), "exists": self.baseline.exists, "differences": sorted(differences)}
+
+    def summary_lines(self) -> list[str]:
+        """Terminal summary: where the outputs went, and a warning when thumbnails passed the budget."""
+        lines = [f"cnnaudit: WARNING a checkpoint report failed: {self.checkpoint_error}"] if self.checkpoint_error else []
+        if "report" in self.outputs:
+            path, stats = self.outputs["report"]
+            lines.append(f"cnnaudit: HTML report {path} ({stats['bytes'] / 2**20:.1f} MB, {stats['images']} images)")
+            if stats["linked"]:
+                lines.append(
+                    f"cnnaudit: WARNING the report passed its inline size budget; {stats['linked']} thumbnails are linked "
+                    f"from {self.settings.image_dir} instead of embedded (keep that folder next to the report)"
+                )
+        if "json" in self.outputs:
+            lines.append(f"cnnaudit: JSON report {self.outputs['json'][0]}")
+        if "baseline" in self.outputs:
+            path, stored = self.outputs["baseline"]
+            lines.append(f"cnnaudit: baseline {path} ({stored} Scores stored)")
+        return lines

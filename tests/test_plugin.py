@@ -1,0 +1,424 @@
+"""The pytest plugin, driven with pytester: options, fixtures, capture, ordering, xdist, baselines, robustness."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+# pytester's in-process runs drop the modules they import, and C extensions (numpy.fft, scipy's) cannot
+# be loaded twice in one process: everything the inner runs use is imported here.
+import jinja2  # noqa: F401
+import PIL.Image  # noqa: F401
+import pytest
+import scipy.ndimage  # noqa: F401
+import torch
+
+import cnnaudit.metrics  # noqa: F401
+import cnnaudit.render  # noqa: F401
+import cnnaudit.subject  # noqa: F401
+from cnnaudit.environment import resolve_device, worker_index
+
+AUDIT = """
+import pytest, torch
+from torch import nn
+import cnnaudit as ca
+
+BOX = ca.Regions([(0, 0, 16, 16)] * 6, image_size=(32, 32), name="box")
+
+
+@pytest.fixture(scope="session")
+def subject():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    return ca.Subject(model, layer="3", classes=["a", "b"], device="cpu")
+
+
+@pytest.fixture(scope="session")
+def images():
+    return torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="session")
+def shared_heatmaps(subject, images):
+    return subject.gradcam(images, target="a")  # shared by tests: evidence of none
+
+
+@pytest.fixture
+def own_heatmaps(subject, images):
+    return subject.gradcam(images[:2], target="b")  # built for one test: its evidence
+
+
+def test_passes(shared_heatmaps):
+    assert shared_heatmaps.mass_in(BOX).mean() >= 0.0
+
+
+def test_uses_a_fixture(own_heatmaps):
+    pass
+
+
+def test_fails(subject, images, evidence):
+    evidence.note("checked the <b>box</b>")
+    mass = subject.gradcam(images, target="a").mass_in(BOX)
+    assert mass.mean() >= 0.9
+"""
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest("-p", "no:cacheprovider", *args)
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def by_name(doc: dict) -> dict[str, dict]:
+    return {t["nodeid"].split("::")[-1]: t for t in doc["tests"]}
+
+
+# ---- options, header, device --------------------------------------------------------------------------
+def test_ini_keys_set_the_outputs_and_the_command_line_wins(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\ncnnaudit_report = from_ini/report.html\ncnnaudit_json = from_ini/run.json\n")
+    pytester.makepyfile(test_a="def test_ok():\n    pass\n")
+    run(pytester).assert_outcomes(passed=1)
+    assert (pytester.path / "from_ini/report.html").is_file() and (pytester.path / "from_ini/run.json").is_file()
+    run(pytester, "--cnnaudit-report=cli.html").assert_outcomes(passed=1)
+    assert (pytester.path / "cli.html").is_file() and (pytester.path / "cli_files").is_dir()
+    assert load(pytester.path / "from_ini/run.json")["images_dir"] == "../cli_files"  # json from ini, images next to the HTML
+
+
+def test_collecting_only_leaves_the_last_report_alone(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\ncnnaudit_report = report.html\n")
+    pytester.makepyfile(test_a="def test_ok():\n    pass\n")
+    run(pytester).assert_outcomes(passed=1)
+    before = (pytester.path / "report.html").read_text()
+    images = sorted(p.name for p in (pytester.path / "report_files").iterdir())
+    for option in ("--collect-only", "--fixtures", "--help"):
+        assert run(pytester, option).ret == pytest.ExitCode.OK
+    assert (pytester.path / "report.html").read_text() == before
+    assert sorted(p.name for p in (pytester.path / "report_files").iterdir()) == images
+
+
+def test_options_are_listed_in_one_group(pytester: pytest.Pytester) -> None:
+    result = run(pytester, "--help")
+    text = result.stdout.str()
+    group = text[text.index("cnnaudit (audits of convolutional image models)"):]
+    for option in ("--cnnaudit-report=PATH", "--cnnaudit-json=PATH", "--cnnaudit-device=DEVICE",
+                   "--cnnaudit-baseline=PATH", "--cnnaudit-save-baseline=PATH"):
+        assert option in group
+    for key in ("cnnaudit_report", "cnnaudit_json", "cnnaudit_device", "cnnaudit_baseline", "cnnaudit_save_baseline"):
+        assert f"{key} (string)" in text
+
+
+def test_header_names_torch_cuda_gpu_and_device(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_a="def test_ok():\n    pass\n")
+    result = run(pytester, "--cnnaudit-device=cpu")
+    result.stdout.fnmatch_lines([f"cnnaudit *: torch {torch.__version__}, CUDA *, GPU *, device cpu"])
+
+
+def test_a_bad_device_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_a="def test_ok():\n    pass\n")
+    result = run(pytester, "--cnnaudit-device=gpu")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--cnnaudit-device='gpu' is not a device; use auto, cpu, cuda or cuda:N*"])
+
+
+def test_cnnaudit_device_fixture(pytester: pytest.Pytester) -> None:
+    expected = "cuda:0" if torch.cuda.is_available() else "cpu"
+    pytester.makepyfile(test_a=f"def test_device(cnnaudit_device):\n    assert str(cnnaudit_device) == {expected!r}\n")
+    run(pytester).assert_outcomes(passed=1)
+    pytester.makepyfile(test_a="def test_device(cnnaudit_device):\n    assert str(cnnaudit_device) == 'cpu'\n")
+    run(pytester, "--cnnaudit-device=cpu").assert_outcomes(passed=1)
+    if not torch.cuda.is_available():
+        result = run(pytester, "--cnnaudit-device=cuda")
+        result.assert_outcomes(errors=1)
+        result.stdout.fnmatch_lines(["*--cnnaudit-device=cuda but CUDA is not available*--cnnaudit-device=cpu*"])
+
+
+def test_device_resolution_spreads_xdist_workers_over_gpus() -> None:
+    assert [worker_index(w) for w in (None, "master", "gw0", "gw5")] == [0, 0, 0, 5]
+    assert resolve_device("auto", worker=3, cuda_available=False, device_count=0) == "cpu"
+    assert [resolve_device("auto", worker=w, cuda_available=True, device_count=2) for w in range(4)] == [
+        "cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    assert resolve_device("cuda", worker=5, cuda_available=True, device_count=4) == "cuda:1"
+    assert resolve_device("cuda:1", worker=0, cuda_available=True, device_count=2) == "cuda:1"
+    assert resolve_device("cpu", worker=0, cuda_available=True, device_count=2) == "cpu"
+    with pytest.raises(ValueError, match=r"torch sees 2 GPU\(s\) \(cuda:0..cuda:1\)"):
+        resolve_device("cuda:2", worker=0, cuda_available=True, device_count=2)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        resolve_device("cuda", worker=0, cuda_available=False, device_count=0)
+
+
+# ---- capture and report content ---------------------------------------------------------------------
+def test_evidence_is_captured_per_test_and_failures_come_first(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_audit=AUDIT)
+    result = run(pytester, "--cnnaudit-json=out/run.json", "--cnnaudit-report=out/report.html")
+    result.assert_outcomes(passed=2, failed=1)
+    doc = load(pytester.path / "out/run.json")
+    assert [t["nodeid"].split("::")[-1] for t in doc["tests"]] == ["test_fails", "test_passes", "test_uses_a_fixture"]
+    assert (doc["verdict"], doc["counts"]["failed"], doc["counts"]["passed"]) == ("fail", 1, 2)
+    tests = by_name(doc)
+    failed = tests["test_fails"]
+    assert failed["message"].startswith("AssertionError: assert ") and ">= 0.9" in failed["message"]
+    ev = failed["evidence"]
+    (heatmaps,) = ev["heatmaps"]
+    assert (heatmaps["method"], heatmaps["n"], len(heatmaps["images"])) == ("gradcam", 6, 6)
+    (mass,) = ev["scores"]
+    assert (mass["key"], mass["n"], mass["n_undefined"]) == ("mass_in(box)", 6, 0)
+    assert mass["ci"]["low"] <= mass["mean"] <= mass["ci"]["high"]
+    assert mass["thresholds"] == [{"stat": "mean()", "op": ">=", "value": 0.9, "actual": mass["mean"]}]
+    assert len(mass["images"]["lowest"]) == 3 and len(mass["images"]["highest"]) == 3
+    assert ev["notes"] == ["checked the <b>box</b>"]
+    assert [(m["class"], m["parameters"]) for m in ev["models"]] == [("Sequential", 270)]
+    assert doc["models"][0]["tests"] == 3  # every test used the subject (test_passes through its Scores)
+    # the session fixture's heatmaps are nobody's evidence; the function fixture's are its test's
+    assert tests["test_passes"]["evidence"]["heatmaps"] == [] and len(tests["test_passes"]["evidence"]["scores"]) == 1
+    assert tests["test_uses_a_fixture"]["evidence"]["heatmaps"][0]["n"] == 2
+    files = {p.name for p in (pytester.path / "out/report_files").iterdir()}
+    for image in heatmaps["images"] + mass["images"]["lowest"]:
+        assert image["file"] in files and image["thumb"] in files
+    html = (pytester.path / "out/report.html").read_text()
+    assert "checked the &lt;b&gt;box&lt;/b&gt;" in html and html.index("test_fails") < html.index("test_passes")
+    result.stdout.fnmatch_lines(["cnnaudit: HTML report *report.html (* MB, 20 images)"])
+
+
+def test_test_ids_and_notes_are_escaped(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_x="""
+import pytest
+
+@pytest.mark.parametrize("case", ["<script>alert(1)</script>"])
+def test_case(case, evidence):
+    evidence.note("<img src=x onerror=alert(2)>")
+    assert False, "<script>alert(3)</script>"
+""")
+    run(pytester, "--cnnaudit-report=r.html").assert_outcomes(failed=1)
+    html = (pytester.path / "r.html").read_text()
+    assert html.count("<script") == 1 and "<img src=x" not in html
+    assert "test_case[&lt;script&gt;alert(1)&lt;/script&gt;]" in html and "&lt;img src=x onerror=alert(2)&gt;" in html
+
+
+def test_evidence_fixture_attaches_images_and_notes(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_x="""
+import numpy as np
+
+def test_attach(evidence):
+    evidence.image("gradient", np.linspace(0, 1, 48).reshape(4, 12), caption="a ramp")
+    evidence.note("looked at it")
+""")
+    run(pytester, "--cnnaudit-json=r.json").assert_outcomes(passed=1)
+    ev = load(pytester.path / "r.json")["tests"][0]["evidence"]
+    assert ev["notes"] == ["looked at it"]
+    assert [(i["title"], i["caption"], i["width"], i["height"]) for i in ev["images"]] == [("gradient", "a ramp", 12, 4)]
+    assert (pytester.path / "r_files" / ev["images"][0]["file"]).is_file()
+
+
+def test_nothing_is_recorded_when_no_output_is_asked_for(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_x="""
+import numpy as np
+from cnnaudit import evidence as context
+
+def test_quiet(evidence):
+    assert context.current() is None
+    evidence.image("x", np.zeros((2, 2)))  # accepted, written nowhere
+    evidence.note("n")
+""")
+    run(pytester).assert_outcomes(passed=1)
+    assert sorted(p.name for p in pytester.path.iterdir() if not p.name.startswith(".")) == ["test_x.py"]
+
+
+def test_metric_values_are_junit_properties(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_audit=AUDIT)
+    run(pytester, "--junitxml=junit.xml").assert_outcomes(passed=2, failed=1)
+    cases = {c.get("name"): c for c in ET.parse(pytester.path / "junit.xml").getroot().iter("testcase")}
+    props = {p.get("name"): p.get("value") for p in cases["test_fails"].iter("property")}
+    assert set(props) == {f"cnnaudit.mass_in(box).{k}" for k in ("n", "n_undefined", "mean", "ci_low", "ci_high")}
+    assert props["cnnaudit.mass_in(box).n"] == "6" and 0.0 <= float(props["cnnaudit.mass_in(box).mean"]) < 0.9
+
+
+# ---- xdist ------------------------------------------------------------------------------------------
+def without_timing(doc: dict) -> dict:
+    doc = {k: v for k, v in doc.items() if k not in ("started", "duration")}
+    doc["tests"] = [{k: v for k, v in t.items() if k != "duration"} for t in doc["tests"]]
+    return doc
+
+
+def test_xdist_run_reports_the_same_as_a_serial_run(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_audit=AUDIT)
+    options = ("-p", "no:cacheprovider")
+    serial = pytester.runpytest_subprocess(*options, "--cnnaudit-json=serial.json", "--cnnaudit-report=serial.html")
+    parallel = pytester.runpytest_subprocess(
+        *options, "-n", "2", "--cnnaudit-json=parallel.json", "--cnnaudit-report=parallel.html"
+    )
+    serial.assert_outcomes(passed=2, failed=1)
+    parallel.assert_outcomes(passed=2, failed=1)
+    a, b = load(pytester.path / "serial.json"), load(pytester.path / "parallel.json")
+    assert a["images_dir"] == "serial_files" and b["images_dir"] == "parallel_files"
+    a["images_dir"] = b["images_dir"] = None
+    assert without_timing(a) == without_timing(b)
+    images = sorted(p.name for p in (pytester.path / "parallel_files").iterdir())
+    assert images == sorted(p.name for p in (pytester.path / "serial_files").iterdir()) and len(images) == 1 + 2 * 20
+    for name in images:
+        assert (pytester.path / "parallel_files" / name).read_bytes() == (pytester.path / "serial_files" / name).read_bytes()
+
+
+# ---- robustness -------------------------------------------------------------------------------------
+RUN_OF_THREE = """
+import pytest
+from cnnaudit.scores import Scores
+
+def test_one():
+    Scores([0.5, 0.6], "first")
+
+def test_two():
+    {second}
+
+def test_three():
+    pass
+"""
+
+
+def test_stopping_at_the_first_failure_leaves_a_report_of_what_ran(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_run=RUN_OF_THREE.format(second="assert False"))
+    run(pytester, "-x", "--cnnaudit-json=r.json", "--cnnaudit-report=r.html").assert_outcomes(passed=1, failed=1)
+    doc = load(pytester.path / "r.json")
+    assert [t["nodeid"].split("::")[-1] for t in doc["tests"]] == ["test_two", "test_one"]
+    assert (doc["verdict"], doc["in_progress"]) == ("fail", False) and (pytester.path / "r.html").is_file()
+
+
+def test_an_interrupted_run_leaves_a_report_of_what_finished(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_run=RUN_OF_THREE.format(second="raise KeyboardInterrupt"))
+    result = pytester.runpytest(
+        "-p", "no:cacheprovider", "--cnnaudit-json=r.json", "--cnnaudit-report=r.html", no_reraise_ctrlc=True
+    )
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    doc = load(pytester.path / "r.json")
+    assert [t["nodeid"].split("::")[-1] for t in doc["tests"]] == ["test_one"]
+    assert (doc["verdict"], doc["interrupted"]) == ("interrupted", True)
+    assert "The run was interrupted" in (pytester.path / "r.html").read_text()
+
+
+def test_a_killed_run_leaves_the_last_checkpoint(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_run=RUN_OF_THREE.format(second="import os, signal; os.kill(os.getpid(), signal.SIGKILL)"))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--cnnaudit-json=r.json", "--cnnaudit-report=r.html")
+    assert result.ret == -9
+    doc = load(pytester.path / "r.json")
+    assert [t["nodeid"].split("::")[-1] for t in doc["tests"]] == ["test_one"] and doc["in_progress"] is True
+    assert "written while the run was still going" in (pytester.path / "r.html").read_text()
+    assert not [p for p in pytester.path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_folder_cnnaudit_did_not_make_is_not_emptied(pytester: pytest.Pytester) -> None:
+    (pytester.path / "r_files").mkdir()
+    (pytester.path / "r_files" / "precious.txt").write_text("keep")
+    pytester.makepyfile(test_a="def test_ok():\n    pass\n")
+    result = run(pytester, "--cnnaudit-report=r.html")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR and (pytester.path / "r_files/precious.txt").is_file()
+    result.stderr.fnmatch_lines(["*r_files exists and was not made by cnnaudit*"])
+
+
+def test_importing_the_plugin_imports_neither_torch_nor_numpy() -> None:
+    code = "import sys, cnnaudit.plugin; print(sorted(m for m in ('torch', 'numpy', 'jinja2', 'PIL') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+# ---- baselines --------------------------------------------------------------------------------------
+GATED = AUDIT + """
+
+def test_gate(subject, images, baseline):
+    mass = subject.gradcam(images, target="b").mass_in(BOX)
+    assert mass.mean() >= baseline(mass).mean() - 0.02
+"""
+
+
+def edit_baseline(path: Path, change: Any) -> None:
+    data = json.loads(path.read_text())
+    change(data["tests"])
+    path.write_text(json.dumps(data))
+
+
+def test_save_a_baseline_then_gate_against_it(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_audit=GATED)
+    first = run(pytester, "--cnnaudit-baseline=base.json", "--cnnaudit-save-baseline=base.json")
+    first.assert_outcomes(passed=2, failed=2)  # no baseline yet: test_gate fails, saying how to make one
+    first.stdout.fnmatch_lines([
+        "*BaselineMissing: baseline file *base.json does not exist (test 'test_audit.py::test_gate', Scores 'mass_in(box)'); "
+        "create or refresh it by running this test with --cnnaudit-save-baseline=*base.json"
+    ])
+    saved = load(pytester.path / "base.json")
+    assert saved["format"] == "cnnaudit-baseline" and saved["version"] == 1
+    gate = saved["tests"]["test_audit.py::test_gate"]
+    assert gate["environment"] == {"torch": torch.__version__, "device": "cpu", "gpu": None}
+    entry = gate["scores"]["mass_in(box)"]
+    assert entry["n"] == 6 and entry["model"]["class"] == "Sequential" and len(entry["model"]["sha256"]) == 64
+    assert set(saved["tests"]) == {"test_audit.py::test_passes", "test_audit.py::test_fails", "test_audit.py::test_gate"}
+
+    second = run(pytester, "--cnnaudit-baseline=base.json", "--cnnaudit-json=r.json", "-W", "error::UserWarning")
+    second.assert_outcomes(passed=3, failed=1)  # same setting: no warning, the gate passes
+    scores = by_name(load(pytester.path / "r.json"))["test_gate"]["evidence"]["scores"][0]
+    assert scores["baseline"]["mean"] == entry["mean"] and scores["delta_mean"] == 0.0
+
+
+def test_baseline_deltas_missing_entries_and_changed_settings(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_audit=GATED)
+    run(pytester, "--cnnaudit-save-baseline=base.json")
+    base = pytester.path / "base.json"
+    mean = load(base)["tests"]["test_audit.py::test_gate"]["scores"]["mass_in(box)"]["mean"]
+
+    def raise_the_bar(tests: dict) -> None:
+        tests["test_audit.py::test_gate"]["scores"]["mass_in(box)"]["mean"] = mean + 0.1
+        tests["test_audit.py::test_gate"]["environment"]["torch"] = "1.0.0"
+
+    edit_baseline(base, raise_the_bar)
+    result = run(pytester, "--cnnaudit-baseline=base.json", "--cnnaudit-json=r.json")
+    result.assert_outcomes(passed=2, failed=2)
+    result.stdout.fnmatch_lines([
+        "*BaselineEnvironmentWarning: baseline for 'mass_in(box)' of 'test_audit.py::test_gate' "
+        "was recorded in another setting: torch 1.0.0 -> *"
+    ])
+    doc = load(pytester.path / "r.json")
+    scores = by_name(doc)["test_gate"]["evidence"]["scores"][0]
+    assert scores["delta_mean"] == pytest.approx(-0.1)
+    assert doc["baseline"]["differences"] == [f"torch 1.0.0 -> {torch.__version__}"]
+
+    edit_baseline(base, lambda tests: tests["test_audit.py::test_gate"]["scores"].clear())
+    result = run(pytester, "--cnnaudit-baseline=base.json")
+    result.stdout.fnmatch_lines([
+        "*BaselineMissing: no baseline for Scores 'mass_in(box)' of test 'test_audit.py::test_gate' in *base.json "
+        "(it has no entry for this test); create or refresh it by running this test with --cnnaudit-save-baseline=*base.json"
+    ])
+
+
+def test_the_baseline_fixture_without_a_file_says_how_to_get_one(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_audit=GATED)
+    result = run(pytester, "-k", "gate")
+    result.stdout.fnmatch_lines([
+        "*no baseline file was given: run with --cnnaudit-baseline=PATH (create PATH with --cnnaudit-save-baseline=PATH)"
+    ])
+
+
+def test_saving_a_partial_run_keeps_other_tests_entries(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_audit=GATED)
+    run(pytester, "--cnnaudit-save-baseline=base.json")
+    def lower_test_passes(tests: dict) -> None:
+        tests["test_audit.py::test_passes"]["scores"]["mass_in(box)"]["mean"] = -1.0
+
+    edit_baseline(pytester.path / "base.json", lower_test_passes)
+    run(pytester, "--cnnaudit-save-baseline=base.json", "-k", "fails")
+    tests = load(pytester.path / "base.json")["tests"]
+    assert tests["test_audit.py::test_passes"]["scores"]["mass_in(box)"]["mean"] == -1.0  # not run: kept
+    assert set(tests) == {"test_audit.py::test_passes", "test_audit.py::test_fails", "test_audit.py::test_gate"}
+
+
+def test_a_file_that_is_not_a_baseline_is_refused(pytester: pytest.Pytester) -> None:
+    (pytester.path / "notes.json").write_text('{"hello": 1}')
+    pytester.makepyfile(test_a="def test_ok():\n    pass\n")
+    for option in ("--cnnaudit-baseline=notes.json", "--cnnaudit-save-baseline=notes.json"):
+        result = run(pytester, option)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines(['*notes.json is not a cnnaudit baseline file (expected "format": "cnnaudit-baseline")'])
+    assert (pytester.path / "notes.json").read_text() == '{"hello": 1}'

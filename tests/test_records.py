@@ -1,0 +1,310 @@
+"""The per-test evidence recorder, its summaries and the rendering helpers it uses (no pytest machinery)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnaudit import evidence, render
+from cnnaudit.heatmaps import Heatmaps
+from cnnaudit.records import (
+    IMAGES_PER_TEST,
+    OVERLAYS_PER_HEATMAPS,
+    EvidenceRecorder,
+    _overlay,
+    histogram,
+    junit_properties,
+    match_thresholds,
+    model_identity,
+    summarize,
+)
+from cnnaudit.regions import Regions
+from cnnaudit.scores import Scores
+
+
+def make_heatmaps(n: int, size: int = 24) -> Heatmaps:
+    generator = torch.Generator().manual_seed(3)
+    images = torch.rand(n, 3, size, size, generator=generator)
+    raw = torch.randn(n, 6, 6, generator=generator)
+    return Heatmaps(raw, image_size=(size, size), method="gradcam", layer="l4", images=images)
+
+
+def read(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def test_heatmaps_give_at_most_eight_overlays_written_to_disk_as_they_arrive(tmp_path: Path) -> None:
+    recorder = EvidenceRecorder("t.py::test", tmp_path)
+    with evidence.recording(recorder):
+        heatmaps = make_heatmaps(11)
+        files_during_test = sorted(p.name for p in tmp_path.iterdir())
+    out = recorder.finish()
+    (entry,) = out["heatmaps"]
+    assert (entry["method"], entry["layer"], entry["n"], entry["zero"]) == ("gradcam", "l4", 11, 0)
+    assert len(entry["images"]) == OVERLAYS_PER_HEATMAPS == 8
+    assert len(files_during_test) == 16  # full size + thumbnail each, written before the test ended
+    first = entry["images"][0]
+    assert (first["width"], first["height"]) == (24, 24)
+    # the recorder renders one map at a time, exactly as Heatmaps.overlay(i) does with all maps
+    assert all(np.array_equal(_overlay(heatmaps, i), heatmaps.overlay(i)) for i in range(11))
+    full = read(tmp_path / first["file"]).astype(int)
+    assert np.abs(full - heatmaps.overlay(0).astype(int)).mean() < 10  # JPEG q90 of a noise image
+
+
+def test_scores_show_the_lowest_and_highest_defined_images_with_region_outlines(tmp_path: Path) -> None:
+    heatmaps = make_heatmaps(10)
+    regions = Regions([(4, 4, 12, 12)] * 10, image_size=(24, 24), name="box")
+    values = np.array([0.5, np.nan, 0.1, 0.9, 0.3, 0.7, 0.2, np.nan, 0.8, 0.6])
+    recorder = EvidenceRecorder("t.py::test", tmp_path)
+    with evidence.recording(recorder):
+        scores = Scores(values, "mass_in(box)", ids=heatmaps.ids, source={"heatmaps": heatmaps, "regions": regions})
+    (summary,) = recorder.finish()["scores"]
+    titles = {label: [image["title"] for image in summary["images"][label]] for label in ("lowest", "highest")}
+    # defined values ascending: 0.1(id 2) 0.2(6) 0.3(4) 0.5(0) 0.6(9) 0.7(5) 0.8(8) 0.9(3)
+    assert titles == {"lowest": ["2", "6", "4", "0"], "highest": ["3", "8", "5", "9"]}
+    assert summary["images"]["lowest"][0]["caption"] == "mass_in(box) = 0.1"
+    drawn = read(tmp_path / summary["images"]["lowest"][0]["file"]).astype(int)
+    expected = render.outline(heatmaps.overlay(2), regions.mask(2, (24, 24))).astype(int)
+    assert np.abs(drawn - expected).mean() < 10
+    assert drawn[4, 8].min() > 200 and drawn[3, 8].max() < 60  # white inside the box edge, black just outside
+    assert summary["n"] == 10 and summary["n_undefined"] == 2
+    assert summary["mean"] == pytest.approx(np.nanmean(values)) and summary["ci"]["low"] == scores.ci().low
+
+
+def test_extremes_follow_the_source_index_of_a_subset(tmp_path: Path) -> None:
+    heatmaps = make_heatmaps(6)
+    regions = Regions([(0, 0, 8, 8)] * 6, image_size=(24, 24), name="box")
+    recorder = EvidenceRecorder("t.py::test", tmp_path)
+    with evidence.recording(recorder):
+        whole = heatmaps.mass_in(regions)
+        subset = whole.where(np.array([False, True, False, True, False, True]))
+    out = recorder.finish()["scores"]
+    assert [s["key"] for s in out] == ["mass_in(box)", "mass_in(box)[3/6]"]
+    shown = {image["title"] for label in ("lowest", "highest") for image in out[1]["images"][label]}
+    assert shown == {"1", "3", "5"}
+    assert recorder.key_of(subset) == "mass_in(box)[3/6]"
+
+
+def test_summary_statistics_are_the_scores_own() -> None:
+    scores = Scores([0.1, 0.2, 0.6, np.nan], "m")
+    summary = summarize(scores)
+    assert (summary["n"], summary["n_undefined"]) == (4, 1)
+    assert summary["mean"] == pytest.approx(0.3) and summary["median"] == 0.2
+    assert (summary["min"], summary["max"]) == (0.1, 0.6)
+    assert summary["ci"] == {"low": scores.ci().low, "high": scores.ci().high, "level": 0.95}
+    assert summary["quantiles"]["0.5"] == 0.2 and summary["quantiles"]["0.1"] == pytest.approx(0.12)
+
+
+def test_summary_of_undefined_scores_has_no_statistics() -> None:
+    summary = summarize(Scores([np.nan, np.nan], "empty"))
+    assert (summary["n"], summary["n_undefined"], summary["mean"], summary["ci"]) == (2, 2, None, None)
+    assert histogram([np.nan], []) is None
+
+
+def test_failed_comparisons_become_thresholds_of_the_statistic_they_used() -> None:
+    summary = {
+        "mean": 0.3, "median": 0.3, "min": 0.2, "max": 0.4,
+        "ci": {"low": 0.25, "high": 0.35, "level": 0.95}, "quantiles": {"0.1": 0.22},
+    }
+    comparisons = [(">=", 0.3, 0.5), ("<=", 0.5, 0.2), (">", 0.22, 0.3), ("<", 0.77, 0.1)]
+    # mean == median: the mean is preferred; "0.5 <= min" is mirrored to "min() >= 0.5";
+    # in "q10 > 0.3" both sides are statistics and the left one is taken; 0.77 and 0.1 match nothing
+    assert match_thresholds(summary, comparisons) == [
+        {"stat": "mean()", "op": ">=", "value": 0.5, "actual": 0.3},
+        {"stat": "min()", "op": ">=", "value": 0.5, "actual": 0.2},
+        {"stat": "quantile(0.1)", "op": ">", "value": 0.3, "actual": 0.22},
+    ]
+
+
+def test_recorder_keeps_only_finite_numeric_comparisons() -> None:
+    recorder = EvidenceRecorder("t", None)
+    recorder.compared(">=", 0.3, 0.5)
+    recorder.compared(">=", True, 0.5)
+    recorder.compared("==", "a", "b")
+    recorder.compared("<", float("nan"), 1.0)
+    recorder.compared("in", 1, 2)
+    assert recorder._comparisons == [(">=", 0.3, 0.5)]
+
+
+def test_histogram_bins_cover_the_values_and_the_markers() -> None:
+    hist = histogram([0.0, 0.5, 1.0, np.nan], markers=[1.5])
+    assert (hist["low"], hist["high"]) == (0.0, 1.5)
+    counts = hist["counts"]
+    assert len(counts) == 20 and sum(counts) == 3
+    # bin width 0.075: 0.0 -> bin 0, 0.5 -> bin 6, 1.0 -> bin 13
+    assert [i for i, c in enumerate(counts) if c] == [0, 6, 13]
+    assert histogram([2.0, 2.0], [])["low"] == 1.5  # a single value gets a unit-wide range
+
+
+def test_repeated_names_get_distinct_keys(tmp_path: Path) -> None:
+    recorder = EvidenceRecorder("t", None)
+    with evidence.recording(recorder):
+        first, second, third = Scores([1.0], "m"), Scores([2.0], "m"), Scores([3.0], "m")
+    assert [recorder.key_of(s) for s in (first, second, third)] == ["m", "m#2", "m#3"]
+    assert recorder.key_of(Scores([1.0], "unrecorded")) == "unrecorded"
+
+
+def test_images_per_test_are_capped(tmp_path: Path) -> None:
+    recorder = EvidenceRecorder("t", tmp_path)
+    for i in range(IMAGES_PER_TEST + 4):
+        recorder.image(f"img{i}", np.zeros((4, 4, 3), np.uint8))
+    out = recorder.finish()
+    assert len(out["images"]) == IMAGES_PER_TEST and out["dropped_images"] == 4
+    assert len(list(tmp_path.iterdir())) == 2 * IMAGES_PER_TEST
+
+
+def test_without_an_image_dir_numbers_are_still_recorded(tmp_path: Path) -> None:
+    recorder = EvidenceRecorder("t", None)
+    with evidence.recording(recorder):
+        heatmaps = make_heatmaps(3)
+        heatmaps.mass_in(Regions([(0, 0, 8, 8)] * 3, image_size=(24, 24), name="box"))
+    recorder.image("x", np.zeros((4, 4)))
+    out = recorder.finish()
+    assert out["heatmaps"][0]["images"] == [] and out["images"] == []
+    assert out["scores"][0]["images"] == {} and out["scores"][0]["mean"] is not None
+    json.dumps(out, allow_nan=False)  # plain data only
+
+
+def test_a_failure_to_record_becomes_a_note_not_an_error(tmp_path: Path) -> None:
+    class Heatmaps:  # named like the real class but missing everything
+        pass
+
+    recorder = EvidenceRecorder("t", tmp_path)
+    recorder.observe(Heatmaps())
+    recorder.observe(object())
+    notes = recorder.finish()["notes"]
+    assert notes[0].startswith("cnnaudit could not record Heatmaps: AttributeError")
+    assert notes[1].startswith("object: <object object")
+
+
+def test_visualizations_are_shown_as_one_grid_of_at_most_64_channels(tmp_path: Path) -> None:
+    class Settings:
+        seed = 7
+
+    class Visualizations:
+        images = torch.rand(70, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+        channels = list(range(70))
+        layer = "features.0"
+        settings = Settings()
+
+    recorder = EvidenceRecorder("t", tmp_path)
+    recorder.observe(Visualizations())
+    out = recorder.finish()
+    (vis,) = out["visualizations"]
+    (image,) = vis["images"]
+    assert vis["channels"] == list(range(70)) and 7 in out["seeds"]
+    assert image["caption"] == "channels 0-63 (first 64 of 70)"
+    assert (image["width"], image["height"]) == (8 * 10 + 2, 8 * 10 + 2)  # 8x8 tiles of 8 px, 2 px padding
+
+
+def test_real_visualizations_are_recorded_with_their_seed_and_activation(tmp_path: Path) -> None:
+    import cnnaudit as ca
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    model(torch.zeros(1, 3, 16, 16))
+    subject = ca.Subject(model, layer="0", device="cpu")
+    recorder = EvidenceRecorder("t", tmp_path)
+    with evidence.recording(recorder):
+        vis = subject.maximize("0", channels="all", steps=1, size=16, seed=5)
+        assert vis.activation.n == 4  # a Scores per unit, recorded like any other
+    out = recorder.finish()
+    (entry,) = out["visualizations"]
+    assert entry["layer"] == "0" and entry["channels"] == [0, 1, 2, 3] and 5 in out["seeds"]
+    assert (entry["images"][0]["width"], entry["images"][0]["height"]) == (2 * 18 + 2, 2 * 18 + 2)
+    assert [s["key"] for s in out["scores"]] == ["activation"] and out["scores"][0]["n"] == 4
+    assert out["models"][0]["parameters"] == sum(p.numel() for p in model.parameters())
+
+
+def test_views_are_recorded_as_images(tmp_path: Path) -> None:
+    from cnnaudit.views import View
+
+    recorder = EvidenceRecorder("t", tmp_path)
+    recorder.observe(View("filters", np.full((5, 7, 3), 200, np.uint8)))
+    (image,) = recorder.finish()["images"]
+    assert (image["title"], image["width"], image["height"]) == ("filters", 7, 5)
+
+
+def test_model_identity_is_rehashed_only_when_the_model_changes() -> None:
+    class Subject:
+        def __init__(self) -> None:
+            self.model = torch.nn.Linear(2, 2)
+            self.calls = 0
+
+        def identity(self) -> dict:
+            self.calls += 1
+            return {"class": "Linear", "parameters": 6, "sha256": str(self.model.weight.detach().sum().item())}
+
+    subject = Subject()
+    first = model_identity(subject)
+    assert model_identity(subject) == first and subject.calls == 1
+    with torch.no_grad():
+        subject.model.weight.add_(1.0)  # in place: the version counter moves
+    assert model_identity(subject) != first and subject.calls == 2
+    subject.model.bias = torch.nn.Parameter(torch.zeros(2))  # a new tensor object
+    model_identity(subject)
+    assert subject.calls == 3
+    assert model_identity(object()) is None
+
+
+def test_junit_properties_name_each_statistic() -> None:
+    recorder = EvidenceRecorder("t", None)
+    with evidence.recording(recorder):
+        Scores([0.2, 0.4], "m")
+    props = dict(junit_properties(recorder.finish(lambda key: {"mean": 0.25})))
+    assert props["cnnaudit.m.n"] == 2 and props["cnnaudit.m.mean"] == pytest.approx(0.3)
+    assert props["cnnaudit.m.delta_mean"] == pytest.approx(0.05)
+    assert set(props) == {f"cnnaudit.m.{k}" for k in ("n", "n_undefined", "mean", "ci_low", "ci_high", "delta_mean")}
+
+
+# ---- render helpers --------------------------------------------------------------------------------
+def test_to_rgb8_accepts_the_usual_layouts() -> None:
+    gray = np.array([[0.0, 1.0]])
+    assert render.to_rgb8(gray).tolist() == [[[0, 0, 0], [255, 255, 255]]]
+    chw = torch.zeros(3, 2, 5)
+    chw[0] = 0.5
+    assert render.to_rgb8(chw).shape == (2, 5, 3) and render.to_rgb8(chw)[0, 0].tolist() == [128, 0, 0]
+    assert render.to_rgb8(np.ones((2, 2, 4), np.uint8)).shape == (2, 2, 3)
+    assert render.to_rgb8(np.eye(2, dtype=bool))[0, 0].tolist() == [255, 255, 255]
+    with pytest.raises(ValueError, match=r"float images must lie in \[0,1\].*range \[-1, 2\]"):
+        render.to_rgb8(np.array([[-1.0, 2.0]]))
+    with pytest.raises(ValueError, match="expected an image shaped"):
+        render.to_rgb8(np.zeros((2, 2, 2, 2)))
+
+
+def test_outline_draws_white_inside_and_black_outside_the_border() -> None:
+    image = np.full((6, 6, 3), 100, np.uint8)
+    mask = np.zeros((6, 6), bool)
+    mask[1:5, 1:5] = True
+    drawn = render.outline(image, mask)[..., 0]
+    expected = np.array(
+        [
+            [100, 0, 0, 0, 0, 100],
+            [0, 255, 255, 255, 255, 0],
+            [0, 255, 100, 100, 255, 0],
+            [0, 255, 100, 100, 255, 0],
+            [0, 255, 255, 255, 255, 0],
+            [100, 0, 0, 0, 0, 100],
+        ]
+    )
+    assert drawn.tolist() == expected.tolist()
+    assert image[0, 1, 0] == 100  # the input is not modified
+
+
+def test_grid_tiles_row_major_with_padding() -> None:
+    tiles = np.stack([np.full((2, 3, 3), v, np.uint8) for v in (10, 20, 30)])
+    canvas = render.grid(tiles, pad=1, background=0)
+    assert canvas.shape == (2 * 3 + 1, 2 * 4 + 1, 3)  # ceil(sqrt(3)) = 2 columns, 2 rows
+    assert canvas[1, 1, 0] == 10 and canvas[1, 5, 0] == 20 and canvas[4, 1, 0] == 30 and canvas[4, 5, 0] == 0
+
+
+def test_thumbnail_shrinks_the_long_side_and_never_enlarges() -> None:
+    image = np.zeros((100, 300, 3), np.uint8)
+    assert render.thumbnail(image, 150).shape == (50, 150, 3)
+    assert render.thumbnail(image, 400) is image

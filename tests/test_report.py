@@ -1,0 +1,177 @@
+"""Run results folded from test reports, and the HTML / JSON writers (plain functions, no pytester)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import markupsafe
+import numpy as np
+import pytest
+
+from cnnaudit import evidence, report
+from cnnaudit.records import EvidenceRecorder
+from cnnaudit.results import RunResults
+from cnnaudit.scores import Scores
+
+
+def phase(nodeid: str, when: str, outcome: str, longrepr: object = None, **extra: object) -> pytest.TestReport:
+    return pytest.TestReport(nodeid, ("f.py", 0, nodeid), {}, outcome, longrepr, when, duration=0.25, **extra)
+
+
+def run_test(results: RunResults, nodeid: str, call: str | None, *, setup: str = "passed", teardown: str = "passed",
+             longrepr: object = None, evidence: dict | None = None, **extra: object) -> dict:
+    """Feed a test's setup, call (``None``: not run) and teardown reports; the last phase that ran
+    carries ``longrepr``, ``evidence`` and ``extra`` (e.g. ``wasxfail``)."""
+    last = {**({"cnnaudit": evidence} if evidence is not None else {}), **extra}
+    if call is None:
+        results.add(phase(nodeid, "setup", setup, longrepr, **last))
+    else:
+        results.add(phase(nodeid, "setup", setup, None))
+        results.add(phase(nodeid, "call", call, longrepr, **last))
+    entry = results.add(phase(nodeid, "teardown", teardown, "boom in teardown" if teardown == "failed" else None))
+    assert entry is not None
+    return entry
+
+
+def test_phases_fold_into_one_outcome_per_test() -> None:
+    results = RunResults()
+    assert run_test(results, "t::ok", "passed")["outcome"] == "passed"
+    failed = run_test(results, "t::bad", "failed", longrepr="Traceback...\nAssertionError: assert 0.3 >= 0.5")
+    assert (failed["outcome"], failed["message"]) == ("failed", "AssertionError: assert 0.3 >= 0.5")
+    error = run_test(results, "t::setup", None, setup="failed", longrepr="fixture broke")
+    assert (error["outcome"], error["phase"], error["message"]) == ("error", "setup", "error in setup: fixture broke")
+    both = run_test(results, "t::both", "failed", teardown="failed", longrepr="assert False")
+    assert both["outcome"] == "failed" and "boom in teardown" in both["details"]
+    skipped = run_test(results, "t::skip", None, setup="skipped", longrepr=("f.py", 3, "Skipped: no GPU"))
+    assert (skipped["outcome"], skipped["message"]) == ("skipped", "no GPU")
+    xfailed = run_test(results, "t::xf", "skipped", longrepr="AssertionError: biased", wasxfail="known shortcut")
+    assert (xfailed["outcome"], xfailed["message"]) == ("xfailed", "xfail: known shortcut — AssertionError: biased")
+    assert run_test(results, "t::xp", "passed", wasxfail="")["outcome"] == "xpassed"
+    assert results.counts() == {"failed": 2, "error": 1, "xpassed": 1, "xfailed": 1, "passed": 1, "skipped": 1}
+    assert results.verdict(interrupted=False) == "fail"
+
+
+def test_entries_put_failures_first_then_collection_order() -> None:
+    results = RunResults()
+    empty = {"models": [], "seeds": []}
+    run_test(results, "t::c", "passed", evidence={**empty, "index": 2})
+    run_test(results, "t::b", "failed", longrepr="x", evidence={**empty, "index": 3})
+    run_test(results, "t::a", "passed", evidence={**empty, "index": 1})
+    run_test(results, "t::d", "skipped", longrepr="x", wasxfail="r", evidence={**empty, "index": 0})
+    assert [e["nodeid"] for e in results.entries()] == ["t::b", "t::d", "t::a", "t::c"]
+    assert results.verdict(interrupted=True) == "fail"
+
+
+def test_verdicts_without_failures() -> None:
+    results = RunResults()
+    assert results.verdict(interrupted=False) == "no tests"
+    run_test(results, "t::ok", "passed")
+    assert results.verdict(interrupted=False) == "pass" and results.verdict(interrupted=True) == "interrupted"
+
+
+def test_models_and_seeds_are_merged_over_tests() -> None:
+    results = RunResults()
+    model = {"class": "Net", "parameters": 10, "sha256": "ab"}
+    run_test(results, "t::1", "passed", evidence={"index": 0, "models": [model], "seeds": [0]})
+    run_test(results, "t::2", "passed", evidence={"index": 1, "models": [model], "seeds": [0, 7]})
+    assert results.models() == [{**model, "tests": 2}] and results.seeds() == [0, 7]
+
+
+# ---- documents and writers ---------------------------------------------------------------------------
+def recorded(tmp_path: Path, nodeid: str, note: str = "", n_images: int = 1) -> dict:
+    recorder = EvidenceRecorder(nodeid, tmp_path)
+    with evidence.recording(recorder):
+        Scores([0.2, 0.4, 0.9, np.nan], "mass_in(tools)")
+    for i in range(n_images):
+        recorder.image(f"image {i}", np.random.default_rng(i).random((40, 60, 3)), caption="c")
+    if note:
+        recorder.note(note)
+    recorder.compared(">=", 0.5, 0.6)
+    return recorder.finish(lambda key: {"mean": 0.45})
+
+
+def make_doc(tmp_path: Path, tests: list[tuple[str, str, str, int]]) -> dict:
+    results = RunResults()
+    for index, (nodeid, outcome, note, n_images) in enumerate(tests):
+        ev = recorded(tmp_path, nodeid, note, n_images)
+        ev["index"] = index
+        run_test(results, nodeid, outcome, longrepr=f"AssertionError: {note}", evidence=ev)
+    environment = {"cnnaudit": "0", "python": "3", "platform": "p", "torch": "2", "cuda": None,
+                   "cuda_available": False, "gpus": [], "device": "cpu"}
+    return report.document(results, environment=environment, interrupted=False, in_progress=False,
+                           image_dir=str(tmp_path), baseline=None, started=0.0, finished=1.5)
+
+
+def test_html_escapes_test_ids_and_notes_and_loads_nothing_from_the_network(tmp_path: Path) -> None:
+    evil = "<script>document.title='pwned'</script>"
+    doc = make_doc(tmp_path, [(f"t.py::test[{evil}]", "failed", f"note {evil}", 1), ("t.py::ok", "passed", "", 1)])
+    out = tmp_path / "out" / "report.html"
+    stats = report.write_html(out, doc)
+    text = out.read_text()
+    assert text.count("<script") == 1  # only the report's own script
+    assert str(markupsafe.escape(evil)) in text and evil not in text
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", text)  # nothing loaded from the network
+    assert "default-src 'none'" in text
+    assert stats == {"bytes": out.stat().st_size, "images": 2, "linked": 0}
+    assert text.index("t.py::test[") < text.index("t.py::ok")  # the failure comes first
+    assert text.count('src="data:image/jpeg;base64,') == 2
+    assert f'href="../{doc["tests"][0]["evidence"]["images"][0]["file"]}"' in text  # full size: sibling file
+    assert "mean() &gt;= 0.6000" in text  # the failed gate, with the threshold
+    assert "+0.050" in text  # the delta to the baseline mean 0.45 (mean 0.5)
+
+
+def test_thumbnails_past_the_budget_are_linked_failures_first(tmp_path: Path) -> None:
+    doc = make_doc(tmp_path, [("t::a", "passed", "", 3), ("t::b", "failed", "x", 3)])
+    sizes = [4 * ((i["thumb_bytes"] + 2) // 3) + 23 for e in doc["tests"] for i in report.all_images(e["evidence"])]
+    inline, linked = report.plan_inlining(doc["tests"], budget=sum(sizes[:4]))
+    failed_ids = [i["id"] for i in report.all_images(doc["tests"][0]["evidence"])]
+    assert doc["tests"][0]["nodeid"] == "t::b" and set(failed_ids) <= inline and (len(inline), linked) == (4, 2)
+    out = tmp_path / "r.html"
+    stats = report.write_html(out, doc, budget=sum(sizes[:4]))
+    text = out.read_text()
+    assert stats["linked"] == 2 and "reached the size budget" in text
+    assert text.count('src="data:image/jpeg') == 4 and len(re.findall(r'src="\./[0-9a-f]+-\d+\.t\.jpg"', text)) == 2
+
+
+def test_json_holds_the_document_with_a_relative_image_folder(tmp_path: Path) -> None:
+    doc = make_doc(tmp_path, [("t::a", "failed", "x", 1)])
+    out = tmp_path / "sub" / "r.json"
+    report.write_json(out, doc)
+    loaded = json.loads(out.read_text())
+    assert loaded["images_dir"] == ".." and loaded["verdict"] == "fail" and loaded["counts"]["failed"] == 1
+    assert loaded["tests"][0]["evidence"]["scores"][0]["key"] == "mass_in(tools)"
+
+
+def test_atomic_open_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:
+    target = tmp_path / "report.html"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with report.atomic_open(target) as handle:
+            handle.write("half")
+            raise RuntimeError("interrupted")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["report.html"]
+    with report.atomic_open(target) as handle:
+        handle.write("new")
+    assert target.read_text() == "new" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_histogram_geometry_places_markers_on_the_value_axis() -> None:
+    summary = {
+        "histogram": {"low": 0.0, "high": 2.0, "counts": [1, 4, 0, 2]},
+        "thresholds": [{"stat": "mean()", "op": ">=", "value": 1.5, "actual": 0.8}],
+        "mean": 0.8,
+        "ci": {"low": 0.5, "high": 1.0, "level": 0.95},
+        "baseline": {"mean": 1.0},
+    }
+    fig = report.histogram_figure(summary, width=200, height=54)
+    assert [b["h"] for b in fig["bars"]] == [12.5, 50.0, 0.0, 25.0]  # count / max count * (height - 4)
+    assert [b["x"] for b in fig["bars"]] == [0, 50, 100, 150]
+    assert {m["kind"]: m["x"] for m in fig["marks"]} == {"threshold": 150.0, "mean": 80.0, "baseline": 100.0}
+    assert fig["band"] == {"x0": 50.0, "x1": 100.0}
+
+
+def test_small_thumbnails_are_shown_enlarged_by_an_integer_factor() -> None:
+    assert report.shown_size({"thumb_width": 32, "thumb_height": 16}) == (128, 64)
+    assert report.shown_size({"thumb_width": 128, "thumb_height": 96}) == (128, 96)
