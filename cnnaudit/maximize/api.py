@@ -1,0 +1,108 @@
+"""``maximize``: activation maximisation for many units at once."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import torch
+
+from cnnaudit.maximize import objectives
+from cnnaudit.maximize.loop import Settings, evaluate, forward_to, optimise, placement
+from cnnaudit.maximize.transforms import Transforms
+from cnnaudit.maximize.visualizations import Visualizations
+
+#: default learning rates, in [0,1] image units: Olah et al.'s Adam 0.05 for the Fourier
+#: parameterisation; for pixels each normalised ascent step moves pixels by ``lr`` RMS, and the
+#: multiscale Adam rate is fastai's 0.1 converted from ImageNet-normalised units (std ~0.226)
+DEFAULT_LR = {("fourier", None): 0.05, ("pixel", None): 0.05, ("pixel", "multiscale"): 0.0226}
+PARAMS, SCHEDULES = ("fourier", "pixel"), (None, "multiscale")
+LOGIT_LAYERS = (None, "logits", "output")
+
+
+def maximize(subject: Any, layer: str | None, channels: Any = "all", *, objective: str = "channel",
+             steps: int = 128, size: int = 128, seed: int = 0, param: str = "fourier",
+             schedule: str | None = None, lr: float | None = None, transforms: Transforms | str | None = None,
+             redirect_steps: int | None = None, offset: tuple[int, int] = (0, 0), batch_size: int | None = None) -> Visualizations:
+    """Optimise one ``size`` x ``size`` image per unit so that it maximises ``objective``.
+
+    * ``objective``: ``"channel"`` (mean of a channel's map), ``"neuron"`` (one position,
+      ``offset`` from the map's centre), ``"logit"`` (a class score before softmax; ``layer``
+      None, ``channels`` class indices or names) or ``"direction"`` (``channels`` is a ``(K, C)``
+      array of vectors in channel space).
+    * ``channels``: ``"all"``, an index, or a list.
+    * ``param``: ``"fourier"`` (decorrelated colour, Adam) or ``"pixel"`` (flashtorch's grey start
+      and normalised gradient ascent); ``schedule="multiscale"`` (pixels only) is fastai's upscaling
+      schedule. ``transforms`` default: Lucid's standard set for Fourier, none for pixels.
+    * The first ``redirect_steps`` steps (default: all) use Lucid's redirected ReLU gradient. It
+      only acts on an image while the plain gradient through a ReLU layer is zero for it, i.e.
+      until its unit fires, so keeping it on changes nothing once a unit is reached and spares
+      slow movers (a colour unit moves only the Fourier DC term) from being reported dead.
+
+    Units are optimised together, ``batch_size`` at a time (default ``subject.batch_size``); each
+    image has its own random streams, seeded by ``(seed, unit)``, so the result does not depend on
+    the batching. The model is left as it was found.
+    """
+    if objective not in objectives.KINDS:
+        raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(objectives.KINDS)}")
+    if param not in PARAMS:
+        raise ValueError(f"unknown param {param!r}; choose 'fourier' or 'pixel'")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; choose None or 'multiscale'")
+    if schedule == "multiscale" and param != "pixel":
+        raise ValueError("the multiscale schedule upscales pixels; use param='pixel' with schedule='multiscale'")
+    redirect_steps = steps if redirect_steps is None else redirect_steps
+    for name, value, low in (("steps", steps, 1), ("size", size, 8), ("seed", seed, 0), ("redirect_steps", redirect_steps, 0)):
+        if not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    settings = Settings(steps=steps, size=size, seed=seed, param=param, schedule=schedule,
+                        lr=DEFAULT_LR[(param, schedule)] if lr is None else float(lr),
+                        transforms=_transforms(transforms, param, size), redirect_steps=redirect_steps)
+    if objective == "logit":
+        if layer not in LOGIT_LAYERS:
+            raise ValueError(f"objective='logit' scores the model output; pass layer=None, not {layer!r} "
+                             "(for a layer's channels use objective='channel')")
+        module, layer_name = None, "logits"
+    else:
+        if layer is None:
+            raise ValueError(f"objective={objective!r} needs a layer name; see subject.layers()")
+        module, layer_name = subject.module(layer), layer
+    rerun = functools.partial(maximize, subject, layer, channels, objective=objective, steps=steps, size=size,
+                              param=param, schedule=schedule, lr=lr, transforms=transforms,
+                              redirect_steps=redirect_steps, offset=offset, batch_size=batch_size)
+    with subject.audit():  # eval mode, parameters frozen; both restored afterwards
+        grey = torch.full((1, 3, size, size), 0.5, **placement(subject))
+        with torch.no_grad():
+            n_outputs = forward_to(subject, module, grey).shape[1]
+        goal = objectives.build(objective, channels, n_outputs, classes=subject.classes,
+                                class_index=subject.class_index, offset=offset)
+        chunk = batch_size or getattr(subject, "batch_size", None) or len(goal)
+        finals, start_values, final_values = [], [], []
+        for lo in range(0, len(goal), chunk):
+            part = _subset(goal, lo, lo + chunk)
+            start, final = optimise(subject, module, part, settings)
+            finals.append(final.cpu())
+            start_values.append(evaluate(subject, module, part, start))
+            final_values.append(evaluate(subject, module, part, final))
+    return Visualizations(torch.cat(finals), layer=layer_name, objective=goal, settings=settings,
+                          start=torch.cat(start_values), achieved=torch.cat(final_values),
+                          subject=subject, module=module, rerun=rerun)
+
+
+def _transforms(transforms: Transforms | str | None, param: str, size: int) -> Transforms:
+    if isinstance(transforms, Transforms):
+        return transforms
+    if transforms is None:
+        return Transforms.standard(size) if param == "fourier" else Transforms.none()
+    if transforms == "standard":
+        return Transforms.standard(size)
+    if transforms == "none":
+        return Transforms.none()
+    raise ValueError(f"transforms must be 'standard', 'none', None or a Transforms(...), got {transforms!r}")
+
+
+def _subset(goal: objectives.Objective, lo: int, hi: int) -> objectives.Objective:
+    directions = goal.directions[lo:hi] if goal.directions is not None else None
+    return dataclasses.replace(goal, units=goal.units[lo:hi], labels=goal.labels[lo:hi], keys=goal.keys[lo:hi],
+                               directions=directions)

@@ -1,0 +1,163 @@
+"""The optimisation loop: capture at the target layer, per-image gradients, per-image updates.
+
+One step, for the batch of ``K`` images (image ``k`` optimised for unit ``k``)::
+
+    x   = T_k(image_k)                       # per-image random transforms (own stream)
+    J_k = objective(layer(x))[k]             # forward pass stops at the target layer
+    g_k = dJ_k / dparam_k                    # autograd.grad of sum_k J_k: images do not interact
+    g_k = g_k / (sqrt(mean(g_k^2)) + 1e-5)   # per-image normalisation
+    param_k <- update(param_k, g_k)          # flashtorch ascent (pixel) or Adam (Fourier, multiscale)
+
+ReLUs use the redirected gradient for the first ``redirect_steps`` steps
+(:mod:`cnnaudit.maximize.redirect`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnaudit.maximize.objectives import Objective
+from cnnaudit.maximize.param import FourierImage, PixelImage
+from cnnaudit.maximize.redirect import redirected_relus
+from cnnaudit.maximize.rng import INIT, TRANSFORMS, unit_generators
+from cnnaudit.maximize.transforms import Transforms
+
+#: fastai's visualiser: upscale by 1.2 between scales, at most 12 times, Adam weight decay 1e-6
+UPSCALE, MAX_UPSCALINGS, MIN_START_SIZE, WEIGHT_DECAY = 1.2, 12, 16, 1e-6
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that determines a run besides the subject, layer and units."""
+
+    steps: int
+    size: int
+    seed: int
+    param: str
+    schedule: str | None
+    lr: float
+    transforms: Transforms
+    redirect_steps: int
+
+
+class _Captured(Exception):
+    """Raised by the capture hook once the target layer has produced its output."""
+
+
+def forward_to(subject: Any, module: nn.Module | None, images: torch.Tensor) -> torch.Tensor:
+    """The output of ``module`` (its first call) for ``images`` in ``[0,1]``; the model stops there.
+
+    ``module=None`` means the model's logits (``subject.logits``). The capture hook raises
+    ``_Captured`` right after recording, and is removed in ``finally``.
+    """
+    if module is None:
+        return subject.logits(images)
+    captured: list[Any] = []
+
+    def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        captured.append(output)
+        raise _Captured
+
+    handle = module.register_forward_hook(hook)
+    try:
+        subject.model(subject.preprocess(images) if subject.preprocess is not None else images)
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    if not captured:
+        raise RuntimeError("the target layer was not called in the model's forward pass")
+    if not isinstance(captured[0], torch.Tensor):
+        raise ValueError(f"the target layer returned {type(captured[0]).__name__}, not a tensor; choose a layer with a tensor output")
+    return captured[0]
+
+
+def placement(subject: Any) -> dict:
+    """``{"device", "dtype"}`` for images fed to the model: the subject's device, the parameters' float dtype."""
+    dtype = next((p.dtype for p in subject.model.parameters() if p.is_floating_point()), torch.float32)
+    return {"device": subject.device, "dtype": dtype}
+
+
+def evaluate(subject: Any, module: nn.Module | None, objective: Objective, images: torch.Tensor) -> torch.Tensor:
+    """``objective.paired`` on untransformed images, plain ReLU gradients, no autograd: ``(K,)`` on the CPU."""
+    with torch.no_grad():
+        return objective.paired(forward_to(subject, module, images.to(**placement(subject)))).double().cpu()
+
+
+def per_image_normalised(grad: torch.Tensor) -> torch.Tensor:
+    """``g_k / (sqrt(mean(g_k^2)) + 1e-5)`` for each image ``k`` (flashtorch's normalisation)."""
+    rms = grad.pow(2).flatten(1).mean(dim=1).sqrt()
+    return grad / (rms + 1e-5).view(-1, *([1] * (grad.ndim - 1)))
+
+
+def multiscale_sizes(size: int, steps: int) -> list[int]:
+    """fastai's schedule ending at ``size``: ``round(size / 1.2^j)`` for ``j = n..0``, starting at >= 16 px.
+
+    ``n`` is at most 12 and at most ``steps - 1`` so that every scale gets a step.
+    """
+    n = min(MAX_UPSCALINGS, steps - 1, max(0, math.floor(math.log(size / MIN_START_SIZE) / math.log(UPSCALE))))
+    return [round(size / UPSCALE**j) for j in range(n, -1, -1)]
+
+
+def optimise(subject: Any, module: nn.Module | None, objective: Objective, settings: Settings) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the optimisation for ``objective``'s units; return (starting images, final images) on the device."""
+    where = placement(subject)
+    init = unit_generators(settings.seed, objective.keys, INIT)
+    streams = unit_generators(settings.seed, objective.keys, TRANSFORMS)
+    if settings.schedule == "multiscale":
+        return _multiscale(subject, module, objective, settings, init, streams)
+    if settings.param == "pixel":
+        image: PixelImage | FourierImage = PixelImage.grey_noise(settings.size, init, where)
+        optimizer = None
+    else:
+        image = FourierImage(settings.size, init, where)
+        optimizer = torch.optim.Adam(image.leaves(), lr=settings.lr)
+    start = image.image().detach().clone()
+    for step in range(settings.steps):
+        _step(subject, module, objective, settings, image, streams, optimizer, redirect=step < settings.redirect_steps)
+    return start, image.image().detach()
+
+
+def _multiscale(subject: Any, module: nn.Module | None, objective: Objective, settings: Settings,
+                init: list[torch.Generator], streams: list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+    """fastai's schedule: Adam (weight decay 1e-6) at each scale, bicubic upscaling by 1.2 in between."""
+    sizes = multiscale_sizes(settings.size, settings.steps)
+    per_scale = [settings.steps // len(sizes) + (i >= len(sizes) - settings.steps % len(sizes)) for i in range(len(sizes))]
+    image = PixelImage.grey_noise(sizes[0], init, placement(subject))
+    start = image.image().detach().clone()
+    step = 0
+    for i, (size, n_steps) in enumerate(zip(sizes, per_scale)):
+        if i:
+            image = image.resized(size)
+        optimizer = torch.optim.Adam(image.leaves(), lr=settings.lr, weight_decay=WEIGHT_DECAY)
+        for _ in range(n_steps):
+            _step(subject, module, objective, settings, image, streams, optimizer, redirect=step < settings.redirect_steps)
+            step += 1
+    return start, image.image().detach()
+
+
+def _step(subject: Any, module: nn.Module | None, objective: Objective, settings: Settings,
+          image: PixelImage | FourierImage, streams: list[torch.Generator],
+          optimizer: torch.optim.Optimizer | None, *, redirect: bool) -> None:
+    """One ascent step (see the module docstring)."""
+    x = settings.transforms(image.image(), streams)
+    with redirected_relus() if redirect else contextlib.nullcontext():
+        out = forward_to(subject, module, x)
+    value = objective.paired(out)
+    grads = torch.autograd.grad(value.sum(), image.leaves())
+    with torch.no_grad():
+        for leaf, grad in zip(image.leaves(), grads):
+            grad = per_image_normalised(grad)
+            if optimizer is None:
+                leaf.add_(grad, alpha=settings.lr)
+            else:
+                leaf.grad = -grad
+        if optimizer is not None:
+            optimizer.step()
+    image.project()

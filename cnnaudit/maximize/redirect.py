@@ -1,0 +1,59 @@
+"""Lucid's redirected ReLU gradient, for the first steps of an optimisation.
+
+A unit behind a ReLU that is off everywhere on the starting image gets no gradient and would
+never move. The redirected gradient of ``y = relu(x)`` for an objective ``J`` (ascent) is, per
+batch element ``n``::
+
+    g_relu  = dJ/dy * [x > 0]
+    g_redir = dJ/dy * not([x < 0] and [dJ/dy < 0])     # pass what would push x up
+    dJ/dx   = g_relu   if ||g_relu[n]|| > 0   else   g_redir
+
+so a unit that is merely switched off is reached, and a unit whose input cannot move (zero
+weights) still gets exactly zero. The decision is per image: images of a batch do not interact.
+
+:func:`redirected_relus` intercepts every ReLU call (``nn.ReLU``, ``F.relu``, ``torch.relu``,
+``Tensor.relu`` and their in-place forms) with a ``TorchFunctionMode``; the model and its hooks
+are not touched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+_OUT_OF_PLACE = {F.relu, torch.relu, torch.Tensor.relu}
+_IN_PLACE = {F.relu_, torch.relu_, torch.Tensor.relu_}
+
+
+class _RedirectedReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x > 0, x < 0)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        on, off = ctx.saved_tensors
+        relu_grad = grad * on
+        redirected = grad.masked_fill(off & (grad < 0), 0.0)
+        if grad.ndim > 1:  # per batch element
+            alive = relu_grad.flatten(1).ne(0).any(dim=1).view(-1, *([1] * (grad.ndim - 1)))
+        else:
+            alive = relu_grad.ne(0).any()
+        return torch.where(alive, relu_grad, redirected)
+
+
+class redirected_relus(TorchFunctionMode):
+    """Context in which every ReLU has the redirected gradient (forward values unchanged)."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func not in _OUT_OF_PLACE and func not in _IN_PLACE:
+            return func(*args, **kwargs)
+        x = args[0]
+        y = _RedirectedReLU.apply(x)
+        inplace = func in _IN_PLACE or kwargs.get("inplace", False) or (len(args) > 1 and args[1])
+        return x.copy_(y) if inplace else y

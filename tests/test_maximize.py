@@ -1,0 +1,344 @@
+"""Activation maximisation: hand-set models with known optima, batching, determinism, statistics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnaudit import Subject, evidence
+from cnnaudit.maximize import Transforms, Visualizations, high_frequency_energy, maximize
+from cnnaudit.maximize.loop import multiscale_sizes
+from cnnaudit.maximize.objectives import build
+from cnnaudit.maximize.param import COLOR_DECORRELATION, FourierImage
+from cnnaudit.maximize.redirect import redirected_relus
+from cnnaudit.maximize.rng import unit_generators
+from cnnaudit.maximize.stats import high_frequency_share
+
+SOBEL = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])
+NO_TRANSFORMS = Transforms.none()
+
+
+def colour_model(weights: list[list[float]], biases: list[float], relu: bool = False) -> nn.Sequential:
+    """A 1x1 conv: output channel k = weights[k] . (R, G, B) + biases[k] (optionally followed by ReLU)."""
+    conv = nn.Conv2d(3, len(weights), 1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor(weights).view(len(weights), 3, 1, 1))
+        conv.bias.copy_(torch.tensor(biases))
+    return nn.Sequential(conv, nn.ReLU()) if relu else nn.Sequential(conv)
+
+
+def edge_model() -> nn.Sequential:
+    """ReLU(Sobel) on the grey image: channel 0 answers vertical edges, channel 1 horizontal ones."""
+    conv = nn.Conv2d(3, 2, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.stack([SOBEL, SOBEL.T])[:, None].expand(2, 3, 3, 3) / 3)
+    return nn.Sequential(conv, nn.ReLU())
+
+
+def subject_of(model: nn.Module, **kwargs) -> Subject:
+    return Subject(model, device="cpu", **kwargs)
+
+
+def channel_means(image: torch.Tensor) -> list[float]:
+    return image.mean(dim=(1, 2)).tolist()
+
+
+def edge_energy(image: torch.Tensor) -> tuple[float, float]:
+    """Mean |dI/dx| and |dI/dy| of the grey image: large dI/dx means vertical edges."""
+    grey = image.mean(dim=0)
+    return (grey[:, 1:] - grey[:, :-1]).abs().mean().item(), (grey[1:] - grey[:-1]).abs().mean().item()
+
+
+# ---- known optima ---------------------------------------------------------------------------------
+def test_red_minus_green_filter_yields_red_with_both_parameterisations() -> None:
+    subject = subject_of(colour_model([[1.0, -1.0, 0.0]], [0.0]))
+    pixel = maximize(subject, "0", [0], param="pixel", steps=20, size=24)
+    red, green, _ = channel_means(pixel.images[0])
+    assert red > 0.95 and green < 0.05
+    fourier = maximize(subject, "0", [0], steps=150, size=24)
+    red, green, blue = channel_means(fourier.images[0])
+    assert red - green > 0.4 and red > max(green, blue)
+    # the reported activation is the objective of the returned image, recomputed by hand
+    for vis in (pixel, fourier):
+        image = vis.images[0].double()
+        assert vis.activation.values[0] == pytest.approx((image[0] - image[1]).mean().item(), abs=1e-5)
+    assert pixel.dead() == [] and fourier.dead() == []
+
+
+def test_edge_filters_yield_their_orientation() -> None:
+    subject = subject_of(edge_model())
+    for kwargs, ratio in ((dict(param="pixel", steps=20), 3.0), (dict(steps=80), 1.5)):
+        vis = maximize(subject, "1", "all", size=32, **kwargs)
+        (vx, vy), (hx, hy) = edge_energy(vis.images[0]), edge_energy(vis.images[1])
+        assert vx > ratio * vy, (kwargs, vx, vy)
+        assert hy > ratio * hx, (kwargs, hx, hy)
+        assert vis.gain().values.min() > 1.5  # ReLU(Sobel) is positive on the noisy start already
+
+
+def test_direction_objective_is_the_channel_mix() -> None:
+    """Direction (1, -1) over channels (R, G) is R - G: the image turns red."""
+    subject = subject_of(colour_model([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], [0.0, 0.0]))
+    vis = maximize(subject, "0", [[1.0, -1.0]], objective="direction", param="pixel", steps=20, size=24)
+    red, green, _ = channel_means(vis.images[0])
+    assert red > 0.95 and green < 0.05 and vis.labels == ["direction 0"]
+    assert vis.activation.values[0] == pytest.approx(red - green, abs=1e-5)
+
+
+# ---- redirected ReLU and dead units --------------------------------------------------------------------
+def test_redirected_relu_gradient_hand_example() -> None:
+    """Row 0 has an active unit: the plain ReLU gradient. Row 1 is all off: upward pushes pass."""
+    x = torch.tensor([[-1.0, 2.0, -3.0], [-1.0, -2.0, -3.0]])
+    w = torch.tensor([[1.0, 1.0, -1.0], [1.0, -1.0, 1.0]])
+    expected = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0]])
+    calls = [torch.relu, F.relu, nn.ReLU(), nn.ReLU(inplace=True), lambda t: t.relu_(), lambda t: F.relu(t, True)]
+    for call in calls:
+        leaf = x.clone().requires_grad_(True)
+        with redirected_relus():
+            y = call(leaf * 1.0)
+        assert torch.equal(y, x.clamp(min=0))
+        (grad,) = torch.autograd.grad((y * w).sum(), leaf)
+        assert torch.equal(grad, expected)
+
+
+def test_redirected_relu_equals_plain_autograd_while_units_are_alive(tiny_cnn: nn.Module) -> None:
+    x = torch.rand(3, 3, 12, 12, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    (plain,) = torch.autograd.grad(tiny_cnn(x)[:, 0].sum(), x)
+    with redirected_relus():
+        out = tiny_cnn(x)
+    (redirected,) = torch.autograd.grad(out[:, 0].sum(), x)
+    assert plain.abs().sum() > 0 and torch.allclose(plain, redirected, atol=1e-7)
+
+
+def test_redirected_relu_reaches_a_unit_that_is_off_at_start() -> None:
+    """relu(R - G - 0.15) is 0 on every starting image; without redirection it never moves."""
+    subject = subject_of(colour_model([[1.0, -1.0, 0.0]], [-0.15], relu=True))
+    for kwargs in (dict(param="pixel", steps=20), dict(steps=60), dict(objective="neuron", steps=20)):
+        stuck = maximize(subject, "1", [0], size=24, redirect_steps=0, **kwargs)
+        reached = maximize(subject, "1", [0], size=24, **kwargs)
+        assert stuck.start[0] == 0 and reached.start[0] == 0
+        assert stuck.achieved[0] == 0 and stuck.dead() == [0]
+        assert reached.achieved[0] > 0.02 and reached.dead() == [], kwargs  # pixels with R - G > 0.15 now
+
+
+def test_dead_unit_is_reported_and_left_unoptimised() -> None:
+    """Channel 0 has zero weights and bias -1: it can never fire, and its image never moves."""
+    subject = subject_of(colour_model([[0.0, 0.0, 0.0], [1.0, -1.0, 0.0]], [-1.0, -0.3], relu=True))
+    short = maximize(subject, "1", "all", param="pixel", steps=1, size=24)
+    long = maximize(subject, "1", "all", param="pixel", steps=20, size=24)
+    assert long.dead() == [0] and long.dead(eps=1e6) == [0, 1]
+    assert torch.equal(short.images[0], long.images[0])  # not optimised into noise
+    assert not torch.equal(short.images[1], long.images[1])
+    assert math.isnan(long.gain().values[0])
+
+
+# ---- batching, determinism, state -----------------------------------------------------------------
+@pytest.mark.parametrize("kwargs", [dict(steps=6), dict(param="pixel", schedule="multiscale", steps=6)])
+def test_batched_run_equals_one_at_a_time(tiny_cnn: nn.Module, kwargs: dict) -> None:
+    subject = subject_of(tiny_cnn)
+    channels = [0, 2, 3, 5]
+    batched = maximize(subject, "features.2", channels, size=24, seed=3, **kwargs)
+    chunked = maximize(subject, "features.2", channels, size=24, seed=3, batch_size=3, **kwargs)
+    assert batched.images.shape == (4, 3, 24, 24)
+    for k, channel in enumerate(channels):
+        alone = maximize(subject, "features.2", [channel], size=24, seed=3, **kwargs)
+        assert (alone.images[0] - batched.images[k]).abs().max() < 1e-5
+        assert alone.achieved[0] == pytest.approx(batched.achieved[k], rel=1e-4, abs=1e-6)
+    assert (chunked.images - batched.images).abs().max() < 1e-5
+
+
+def test_batched_run_is_bit_identical_in_float64(tiny_cnn: nn.Module) -> None:
+    """In double precision float rounding cannot hide coupling: batched and single runs are identical."""
+    subject = subject_of(tiny_cnn.double())
+    batched = maximize(subject, "features.2", [1, 4], steps=6, size=24)
+    for k, channel in enumerate([1, 4]):
+        assert torch.equal(maximize(subject, "features.2", [channel], steps=6, size=24).images[0], batched.images[k])
+
+
+def test_same_seed_reproduces_other_seed_differs(tiny_cnn: nn.Module) -> None:
+    subject = subject_of(tiny_cnn)
+    first = maximize(subject, "features.2", [1, 4], steps=5, size=24, seed=7)
+    again = maximize(subject, "features.2", [1, 4], steps=5, size=24, seed=7)
+    other = maximize(subject, "features.2", [1, 4], steps=5, size=24, seed=8)
+    assert torch.equal(first.images, again.images)
+    assert (first.images - other.images).abs().max() > 1e-3
+
+
+def test_model_state_is_restored_and_parameters_frozen_during_the_run(snapshot, same_state) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True),
+                          nn.Dropout(0.5), nn.Conv2d(4, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    model.train()
+    model[1].eval()
+    model[0].bias.requires_grad_(False)
+    model[4].weight.grad = torch.full_like(model[4].weight, 0.25)
+    seen: list[bool] = []
+    model[0].register_forward_hook(lambda m, i, o: seen.append(any(p.requires_grad for p in model.parameters())))
+    before = snapshot(model)
+    subject = subject_of(model)
+    vis = maximize(subject, "4", "all", steps=3, size=16)
+    vis.relative_to(torch.rand(2, 3, 16, 16))
+    vis.robustness(n=2)
+    vis.stability(seeds=(1,))
+    same_state(before, snapshot(model))
+    assert seen and not any(seen)
+    calls = len(seen)
+    model(torch.rand(1, 3, 16, 16))
+    assert len(seen) == calls + 1  # the model's own hook is still registered
+
+
+def test_forward_pass_stops_at_the_target_layer() -> None:
+    class Explodes(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise AssertionError("the forward pass went past the target layer")
+
+    model = nn.Sequential(colour_model([[1.0, -1.0, 0.0]], [0.0]), Explodes())
+    vis = maximize(subject_of(model), "0.0", [0], param="pixel", steps=3, size=16)
+    assert vis.achieved[0] > 0
+
+
+# ---- objectives and errors -----------------------------------------------------------------------------
+def test_objectives_hand_computed() -> None:
+    out = torch.arange(24.0).view(2, 3, 2, 2)  # image n, channel c: values 12n + 4c + (0..3)
+    names = ["a", "b", "c"]
+    channel = build("channel", [2, 0], 3, classes=None, class_index=None)
+    assert channel.paired(out).tolist() == [9.5, 13.5]
+    assert channel.matrix(out).tolist() == [[9.5, 1.5], [21.5, 13.5]]
+    neuron = build("neuron", [1], 3, classes=None, class_index=None, offset=(-1, 0))  # centre (1,1) -> (0,1)
+    assert neuron.matrix(out).tolist() == [[5.0], [17.0]]
+    direction = build("direction", [[1.0, 0.0, -1.0]], 3, classes=None, class_index=None)
+    assert direction.matrix(out).tolist() == [[-8.0], [-8.0]]
+    logit = build("logit", ["c", 0], 3, classes=names, class_index=names.index)
+    assert logit.units == (2, 0) and logit.labels == ("c", "a")
+    assert logit.paired(torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])).tolist() == [3.0, 4.0]
+
+
+def test_bad_input_gives_clear_errors() -> None:
+    subject = subject_of(colour_model([[1.0, -1.0, 0.0]], [0.0], relu=True))
+    with pytest.raises(ValueError, match="unknown objective 'chanel'"):
+        maximize(subject, "0", [0], objective="chanel")
+    with pytest.raises(ValueError, match=r"channel 3 is out of range: the target has 1 channels"):
+        maximize(subject, "0", [3], steps=1, size=16)
+    with pytest.raises(KeyError, match="close matches"):
+        maximize(subject, "01", [0], steps=1, size=16)
+    with pytest.raises(ValueError, match="param='pixel' with schedule='multiscale'"):
+        maximize(subject, "0", [0], schedule="multiscale")
+    with pytest.raises(ValueError, match="pass layer=None"):
+        maximize(subject, "0", [0], objective="logit")
+    with pytest.raises(ValueError, match=r"directions must be shaped \(K, 1\)"):
+        maximize(subject, "0", [[1.0, 2.0]], objective="direction", steps=1, size=16)
+    with pytest.raises(ValueError, match="outside the 16x16 feature map"):
+        maximize(subject, "0", [0], objective="neuron", offset=(9, 0), steps=1, size=16)
+    with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+        maximize(subject, "0", [0], steps=0)
+
+
+# ---- statistics -------------------------------------------------------------------------------------
+def test_relative_to_divides_by_the_best_real_image() -> None:
+    subject = subject_of(colour_model([[1.0, -1.0, 0.0], [-1.0, 1.0, 0.0]], [0.0, 0.0]))
+    vis = maximize(subject, "0", "all", param="pixel", steps=10, size=16)
+    real = torch.full((3, 3, 16, 16), 0.5)
+    real[0, 0] = 1.0  # mean(R - G) = 0.5
+    real[1, 0, :8] = 1.0  # 0.25
+    real[2, 1] = 0.2  # mean(R - G) = 0.3 : channel 1 (G - R) is negative on every real image
+    relative = vis.relative_to(real)
+    assert relative.values[0] == pytest.approx(vis.achieved[0] / 0.5, rel=1e-5)
+    assert math.isnan(relative.values[1]) and relative.n_undefined == 1
+    assert relative.name == "relative_activation" and relative.ids == ["channel 0", "channel 1"]
+
+
+def test_class_check_asks_the_model_itself() -> None:
+    """Class 'red' = R - G, class 'also red' = 2 (R - G): maximising 'red' gives a red image that the
+    model calls 'also red', so the check must fail there."""
+    conv = colour_model([[1.0, -1.0, 0.0], [2.0, -2.0, 0.0], [-1.0, 1.0, 0.0]], [0.0, 0.0, 0.0])
+    model = nn.Sequential(conv, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    subject = subject_of(model, classes=["red", "also red", "green"])
+    vis = maximize(subject, None, ["red", "also red", "green"], objective="logit", param="pixel", steps=10, size=16)
+    assert vis.layer == "logits" and vis.channels == [0, 1, 2]
+    assert vis.class_check().values.tolist() == [0.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="class_check applies to objective='logit'"):
+        maximize(subject, "0.0", [0], param="pixel", steps=1, size=16).class_check()
+
+
+def test_high_frequency_share_hand_examples() -> None:
+    n = 32
+    yy, xx = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    checkerboard = ((xx + yy) % 2).float().expand(3, n, n)  # all power at (0.5, 0.5)
+    slow = (0.5 + 0.5 * torch.cos(2 * math.pi * xx / 16)).expand(3, n, n)  # 1/16 cycles/pixel
+    noise = torch.rand(3, 128, 128, generator=torch.Generator().manual_seed(0))
+    shares = high_frequency_share(torch.stack([checkerboard, slow, torch.full((3, n, n), 0.3)]))
+    assert shares[0] == pytest.approx(1.0) and shares[1] == pytest.approx(0.0, abs=1e-12)
+    assert math.isnan(shares[2])
+    # white noise spreads power evenly: the share is the area outside the disc |f| <= 0.25
+    assert high_frequency_share(noise[None])[0] == pytest.approx(1 - math.pi / 16, abs=0.02)
+    scores = high_frequency_energy(torch.stack([checkerboard, slow]))
+    assert scores.values.tolist() == pytest.approx([1.0, 0.0], abs=1e-9) and scores.unit == "image"
+
+
+def test_similarity_diversity_stability_and_robustness() -> None:
+    weights = [[1.0, -1.0, -1.0], [1.0, -1.0, -1.0], [-1.0, 1.0, -1.0]]  # channels 0 and 1 are duplicates
+    subject = subject_of(colour_model(weights, [0.0, 0.0, 0.0]))
+    pad_only = Transforms(pad=4, jitter=0, scale=(1.0, 1.0), rotate=0.0, jitter_after=0)
+    vis = maximize(subject, "0", "all", param="pixel", steps=15, size=32, transforms=pad_only)
+    assert vis.similarity_to(vis).values.tolist() == pytest.approx([1.0, 1.0, 1.0])
+    diversity = vis.diversity().values
+    assert max(diversity[0], diversity[1]) < 0.05 and diversity[2] > 0.5
+    # padding only: the 40x40 input adds 40^2 - 32^2 grey pixels, each scoring 0.5 - 0.5 - 0.5 = -0.5
+    padded = (32**2 * vis.achieved + (40**2 - 32**2) * -0.5) / 40**2
+    assert vis.robustness(n=2).values == pytest.approx(padded / vis.achieved, rel=1e-5)
+    stability = vis.stability(seeds=(1, 2))
+    assert stability.activation_spread.values.max() < 0.05
+    assert stability.similarity.values.min() > 0.9
+    with pytest.raises(ValueError, match="compare the same units"):
+        vis.similarity_to(maximize(subject, "0", [0], param="pixel", steps=1, size=32))
+    drifted = vis.images[[2, 1, 0]]  # a "release" in which units 0 and 2 swapped their stimuli
+    similarity = vis.similarity_to(drifted).values
+    assert similarity[1] == pytest.approx(1.0) and max(similarity[0], similarity[2]) < 0.5
+    with pytest.raises(ValueError, match="other than this run's seed 0"):
+        vis.stability(seeds=(0,))
+
+
+# ---- building blocks --------------------------------------------------------------------------------
+def test_transforms_are_per_image_and_rotation_matches_rot90() -> None:
+    images = torch.rand(2, 3, 20, 20, generator=torch.Generator().manual_seed(0))
+    standard = Transforms.standard(20)
+    together = standard(images, unit_generators(0, [4, 9], 1))
+    apart = torch.cat([standard(images[k : k + 1], unit_generators(0, [key], 1)) for k, key in enumerate([4, 9])])
+    assert together.shape == (2, 3, 20 + 2 * standard.pad, 20 + 2 * standard.pad)
+    assert torch.allclose(together, apart, atol=1e-6)
+    quarter = Transforms(pad=0, jitter=0, scale=(1.0, 1.0), rotate=90.0, jitter_after=0)
+    theta = quarter._theta(torch.tensor([0.5, 0.5, 0.0, 1.0, 0.5, 0.5]), 20)  # angle +90 degrees
+    grid = F.affine_grid(theta[None], [1, 3, 20, 20], align_corners=False)
+    rotated = F.grid_sample(images[:1], grid, mode="bilinear", align_corners=False)
+    assert torch.allclose(rotated, torch.rot90(images[:1], k=-1, dims=(2, 3)), atol=1e-5)
+
+
+def test_fourier_image_and_multiscale_schedule() -> None:
+    assert COLOR_DECORRELATION.norm(dim=0).max().item() == pytest.approx(1.0)
+    image = FourierImage(16, unit_generators(0, [0, 1], 0), {"device": torch.device("cpu"), "dtype": torch.float32})
+    with torch.no_grad():
+        image.spectrum.zero_()
+    assert torch.equal(image.image(), torch.full((2, 3, 16, 16), 0.5))
+    assert multiscale_sizes(224, 256) == [round(224 / 1.2**j) for j in range(12, -1, -1)]
+    assert multiscale_sizes(24, 256) == [17, 20, 24] and multiscale_sizes(128, 3) == [89, 107, 128]
+
+
+def test_visualizations_are_recorded_as_evidence_and_subject_wrapper() -> None:
+    class Collect:
+        def __init__(self) -> None:
+            self.seen: list[object] = []
+
+        def observe(self, obj: object) -> None:
+            self.seen.append(obj)
+
+    subject = subject_of(colour_model([[1.0, -1.0, 0.0]], [0.0]))
+    with evidence.recording(Collect()) as recorder:
+        vis = subject.maximize("0", [0], param="pixel", steps=2, size=16)
+        vis.stability(seeds=(1,))
+    kinds = [type(obj).__name__ for obj in recorder.seen]
+    assert isinstance(vis, Visualizations) and recorder.seen[0] is vis
+    assert kinds.count("Visualizations") == 1  # the stability reruns are not evidence of their own
+    assert repr(vis).startswith("Visualizations(layer='0', objective='channel', units=1")
