@@ -17,8 +17,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from scipy import ndimage, stats
+from scipy.integrate import trapezoid
 from skimage import measure
 
+from cnnaudit import evidence
 from cnnaudit.heatmaps import Heatmaps
 from cnnaudit.images import iter_batches
 from cnnaudit.regions import as_regions, mask_box
@@ -47,8 +49,7 @@ def _fractions(mass: torch.Tensor, masks: torch.Tensor) -> tuple[np.ndarray, np.
     total = mass.sum(dim=(1, 2), dtype=torch.float64)
     inside = (mass * masks).sum(dim=(1, 2), dtype=torch.float64)
     area = masks.sum(dim=(1, 2), dtype=torch.float64) / (masks.shape[1] * masks.shape[2])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return (inside / total).cpu().numpy(), area.cpu().numpy()
+    return (inside / total).cpu().numpy(), area.cpu().numpy()  # 0/0 -> NaN; _per_image marks those undefined
 
 
 def mass_in(heatmaps: Heatmaps, regions: Any) -> Scores:
@@ -240,7 +241,7 @@ def _class_probabilities(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _auc_scores(heatmaps: Heatmaps, curves: np.ndarray, name: str, steps: int) -> Scores:
-    values = np.trapezoid(curves, dx=1.0 / steps, axis=1)
+    values = trapezoid(curves, dx=1.0 / steps, axis=1)
     values[heatmaps.zero.numpy()] = np.nan
     source = {"heatmaps": heatmaps, "curves": curves, "index": np.arange(len(heatmaps))}
     return Scores(values, name, ids=heatmaps.ids, source=source)
@@ -302,7 +303,8 @@ def sanity_check(
     On a deep copy of ``subject`` (the audited model is never touched), the parameterised modules
     are re-initialised one after another from the top (output side, reverse registration order;
     or ``layers`` in the order given), cumulatively; after each, the maps are recomputed for the
-    same class targets. Value per layer: the mean over images of the Spearman rank correlation
+    same class targets. A named block (e.g. ``layer3``) re-initialises every parameterised module
+    inside it at once. Value per layer: the mean over images of the Spearman rank correlation
     ``rho(raw_original, raw_randomised)`` of the signed layer-resolution maps (NaN for a constant
     map). Re-initialisation: ``reset_parameters()`` under ``torch.manual_seed(seed + k)``, else each
     parameter redrawn from ``N(0, std(parameter)^2)``.
@@ -322,9 +324,10 @@ def sanity_check(
     modules = [twin.module(name) for name in order]
     before = original.raw.detach().flatten(1).cpu().numpy()
     correlations = np.full((len(order), len(original)), np.nan)
-    for k, module in enumerate(modules):
-        _reinitialise(module, seed + k)
-        after = explain(twin, images, targets).raw.detach().flatten(1).cpu().numpy()
+    for k, (layer_name, module) in enumerate(zip(order, modules)):
+        _reinitialise(module, seed + k, layer_name)
+        with evidence.paused():  # the randomised twin's maps are not evidence about the audited model
+            after = explain(twin, images, targets).raw.detach().flatten(1).cpu().numpy()
         correlations[k] = [_spearman(a, b) for a, b in zip(before, after)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # mean of an all-NaN row is NaN, on purpose
@@ -339,17 +342,21 @@ def _explainer(method: str | Explainer, layer: str | None) -> Explainer:
     return lambda subject, images, target: subject.gradcam(images, target=target, layer=layer, method=method)
 
 
-def _reinitialise(module: torch.nn.Module, seed: int) -> None:
-    parameter = next(module.parameters(recurse=False))
-    devices = [parameter.device] if parameter.device.type == "cuda" else []
+def _reinitialise(module: torch.nn.Module, seed: int, name: str) -> None:
+    """Re-initialise every parameterised module inside ``module`` (itself included), in registration order."""
+    owners = [m for m in module.modules() if next(m.parameters(recurse=False), None) is not None]
+    if not owners:
+        raise ValueError(f"layer {name!r} has no parameters to re-initialise; pass layers= with parameterised modules or blocks")
+    devices = sorted({p.device for p in module.parameters() if p.device.type == "cuda"}, key=str)
     with torch.random.fork_rng(devices=devices), torch.no_grad():
         torch.manual_seed(seed)
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
-            return
-        for parameter in module.parameters(recurse=False):
-            scale = float(parameter.std()) if parameter.numel() > 1 else 1.0
-            parameter.normal_(0.0, scale or 1.0)
+        for owner in owners:
+            if hasattr(owner, "reset_parameters"):
+                owner.reset_parameters()
+                continue
+            for parameter in owner.parameters(recurse=False):
+                scale = float(parameter.std()) if parameter.numel() > 1 else 1.0
+                parameter.normal_(0.0, scale or 1.0)
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:

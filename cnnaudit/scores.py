@@ -172,14 +172,14 @@ class Scores:
         )
 
     def by(self, groups: Any) -> dict[Any, Scores]:
-        """``{group value: Scores of that group}``, in order of first appearance."""
+        """``{group value: Scores of that group}``, in order of first appearance (NaN values form one group)."""
         if hasattr(groups, "detach"):
             groups = groups.detach().cpu().numpy()
-        labels = list(groups)
+        labels = [math.nan if _is_nan(g) else g for g in groups]
         if len(labels) != self.n:
             raise ValueError(f"by() takes one group value per score ({self.n}), got {len(labels)}")
-        keys = list(dict.fromkeys(labels))
-        return {key: self.where(np.array([g == key for g in labels]), name=f"{self.name}[{key}]") for key in keys}
+        keys = list(dict.fromkeys(labels))  # float NaNs are one object here, so they make one key
+        return {key: self.where(np.array([g is key or g == key for g in labels]), name=f"{self.name}[{key}]") for key in keys}
 
     # ---- display --------------------------------------------------------------------------
     def __repr__(self) -> str:
@@ -191,6 +191,10 @@ class Scores:
             f"{head}, mean={self.mean():.4g}, {interval.level:.0%} CI [{interval.low:.4g}, {interval.high:.4g}], "
             f"min={self.min():.4g}, max={self.max():.4g})"
         )
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, (float, np.floating)) and math.isnan(value)
 
 
 def _mean(x: np.ndarray, axis: int = -1) -> np.ndarray:

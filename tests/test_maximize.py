@@ -342,3 +342,11 @@ def test_visualizations_are_recorded_as_evidence_and_subject_wrapper() -> None:
     assert isinstance(vis, Visualizations) and recorder.seen[0] is vis
     assert kinds.count("Visualizations") == 1  # the stability reruns are not evidence of their own
     assert repr(vis).startswith("Visualizations(layer='0', objective='channel', units=1")
+
+
+def test_layer_may_be_given_as_the_module_itself(tiny_cnn: nn.Module) -> None:
+    subject = Subject(tiny_cnn, device="cpu")
+    by_module = maximize(subject, tiny_cnn.features[2], channels=[1, 3], steps=2, size=16)
+    by_name = maximize(subject, "features.2", channels=[1, 3], steps=2, size=16)
+    assert by_module.layer == "features.2"
+    assert torch.equal(by_module.images, by_name.images)

@@ -293,3 +293,46 @@ def test_sanity_check_passes_gradcam_fails_a_weight_independent_explainer_and_le
     assert model.training and not model[0].weight.requires_grad and model[2].weight.requires_grad
     again = metrics.sanity_check(subject, images, target=0, layers=["8", "4"])
     np.testing.assert_allclose(again.values, check.values[:2])  # seeded: the same re-initialisations
+
+
+def test_sanity_check_by_blocks_reinitialises_every_parameterised_module_inside():
+    import copy
+
+    from scipy import stats
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
+    )
+    subject = Subject(model, layer="1", device="cpu")
+    images = torch.rand(3, 3, 12, 12, generator=torch.Generator().manual_seed(5))
+    check = metrics.sanity_check(subject, images, target=0, layers=["4", "1"])
+    # by hand: the head under seed 0, then both convs of block "1" under seed 1, cumulatively
+    twin = copy.deepcopy(model)
+    with torch.random.fork_rng(), torch.no_grad():
+        torch.manual_seed(0)
+        twin[4].reset_parameters()
+        torch.manual_seed(1)
+        twin[1][0].reset_parameters()
+        twin[1][2].reset_parameters()
+    before = subject.gradcam(images, target=0).raw.flatten(1).numpy()
+    after = Subject(twin, layer="1", device="cpu").gradcam(images, target=0).raw.flatten(1).numpy()
+    expected = np.mean([stats.spearmanr(a, b).statistic for a, b in zip(before, after)])
+    assert check.values[1] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="layer '2' has no parameters"):
+        metrics.sanity_check(subject, images, target=0, layers=["2"])
+
+
+def test_sanity_check_records_only_the_audited_models_maps_as_evidence():
+    from cnnaudit import evidence
+    from cnnaudit.records import EvidenceRecorder
+
+    subject = Subject(small_cnn(), layer="4", device="cpu")
+    recorder = EvidenceRecorder("test", None)
+    with evidence.recording(recorder):
+        metrics.sanity_check(subject, torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)), target=0)
+    recorded = recorder.finish()
+    assert len(recorded["heatmaps"]) == 1  # the original maps, not one per randomised twin
+    assert [model["sha256"] for model in recorded["models"]] == [subject.identity()["sha256"]]

@@ -83,6 +83,8 @@ def test_where_and_by():
     assert groups["f"].n_undefined == 1
     with pytest.raises(ValueError, match=r"boolean mask of shape \(5,\)"):
         scores.where([0, 1, 0, 1, 0])
+    missing = scores.by(np.array([1.0, NAN, 1.0, NAN, 2.0]))  # NaN group values form one group
+    assert len(missing) == 3 and [g.n for g in missing.values()] == [2, 2, 1]
 
 
 def test_scores_announce_themselves_as_evidence():

@@ -7,7 +7,9 @@ import functools
 from typing import Any
 
 import torch
+from torch import nn
 
+from cnnaudit import layers
 from cnnaudit.maximize import objectives
 from cnnaudit.maximize.loop import Settings, evaluate, forward_to, optimise, placement
 from cnnaudit.maximize.transforms import Transforms
@@ -21,7 +23,7 @@ PARAMS, SCHEDULES = ("fourier", "pixel"), (None, "multiscale")
 LOGIT_LAYERS = (None, "logits", "output")
 
 
-def maximize(subject: Any, layer: str | None, channels: Any = "all", *, objective: str = "channel",
+def maximize(subject: Any, layer: str | nn.Module | None, channels: Any = "all", *, objective: str = "channel",
              steps: int = 128, size: int = 128, seed: int = 0, param: str = "fourier",
              schedule: str | None = None, lr: float | None = None, transforms: Transforms | str | None = None,
              redirect_steps: int | None = None, offset: tuple[int, int] = (0, 0), batch_size: int | None = None) -> Visualizations:
@@ -31,6 +33,7 @@ def maximize(subject: Any, layer: str | None, channels: Any = "all", *, objectiv
       ``offset`` from the map's centre), ``"logit"`` (a class score before softmax; ``layer``
       None, ``channels`` class indices or names) or ``"direction"`` (``channels`` is a ``(K, C)``
       array of vectors in channel space).
+    * ``layer``: a ``named_modules()`` name or the module itself (as in ``Subject.gradcam``).
     * ``channels``: ``"all"``, an index, or a list.
     * ``param``: ``"fourier"`` (decorrelated colour, Adam) or ``"pixel"`` (flashtorch's grey start
       and normalised gradient ascent); ``schedule="multiscale"`` (pixels only) is fastai's upscaling
@@ -52,6 +55,8 @@ def maximize(subject: Any, layer: str | None, channels: Any = "all", *, objectiv
         raise ValueError(f"unknown schedule {schedule!r}; choose None or 'multiscale'")
     if schedule == "multiscale" and param != "pixel":
         raise ValueError("the multiscale schedule upscales pixels; use param='pixel' with schedule='multiscale'")
+    if isinstance(layer, nn.Module):
+        layer = layers.layer_name(subject.model, layer)
     redirect_steps = steps if redirect_steps is None else redirect_steps
     for name, value, low in (("steps", steps, 1), ("size", size, 8), ("seed", seed, 0), ("redirect_steps", redirect_steps, 0)):
         if not isinstance(value, int) or value < low:

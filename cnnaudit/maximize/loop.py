@@ -66,7 +66,7 @@ def forward_to(subject: Any, module: nn.Module | None, images: torch.Tensor) -> 
 
     handle = module.register_forward_hook(hook)
     try:
-        subject.model(subject.preprocess(images) if subject.preprocess is not None else images)
+        subject.model(subject.prepare(images))
     except _Captured:
         pass
     finally:

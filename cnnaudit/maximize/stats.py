@@ -19,7 +19,7 @@ def high_frequency_share(images: torch.Tensor, cutoff: float = HIGH_FREQUENCY) -
     cycles/pixel. Real photographs typically keep a few percent of their power up there;
     visualisations dominated by high-frequency noise far more.
     """
-    x = images.double()
+    x = images.detach().cpu().double()
     x = x - x.mean(dim=(-2, -1), keepdim=True)
     power = torch.fft.fft2(x).abs().pow(2).sum(dim=1)  # (N,H,W)
     fy = torch.fft.fftfreq(x.shape[-2], dtype=torch.float64)[:, None]
