@@ -95,8 +95,8 @@ class Baseline:
         """The stored summary of Scores ``key`` in test ``nodeid``, or ``None``."""
         return self.tests.get(nodeid, {}).get("scores", {}).get(key)
 
-    def lookup(self, nodeid: str, key: str, *, environment: dict | None, model: dict | None) -> StoredScores:
-        """The stored Scores, warning if ``environment`` or ``model`` differ from the stored ones."""
+    def lookup(self, nodeid: str, key: str, *, environment: dict | None) -> StoredScores:
+        """The stored Scores, warning if ``environment`` (torch, device, GPU) differs from the stored one."""
         __tracebackhide__ = True
         how = f"create or refresh it by running this test with --cnnaudit-save-baseline={self.path}"
         if not self.exists:
@@ -107,7 +107,8 @@ class Baseline:
             has = f"it has {', '.join(map(repr, stored))} for this test" if stored else "it has no entry for this test"
             raise BaselineMissing(f"no baseline for Scores {key!r} of test {nodeid!r} in {self.path} ({has}); {how}")
         stored_env = self.tests[nodeid].get("environment")
-        differences = environment_differences(stored_env, environment) + model_differences(summary.get("model"), model)
+        # a new model is what a release gate is for, so only the setting (torch, device, GPU) warns
+        differences = environment_differences(stored_env, environment)
         if differences:
             warnings.warn(
                 BaselineEnvironmentWarning(
@@ -139,11 +140,8 @@ class BaselineLookup:
                 f"test {self._nodeid!r} asks for the baseline of Scores {key!r} but no baseline file was given: "
                 "run with --cnnaudit-baseline=PATH (create PATH with --cnnaudit-save-baseline=PATH)"
             )
-        from cnnaudit.records import model_identity
-
         subject = getattr((getattr(scores, "source", None) or {}).get("heatmaps"), "subject", None)
-        model = model_identity(subject)
-        return self._baseline.lookup(self._nodeid, key, environment=self._environment(subject), model=model)
+        return self._baseline.lookup(self._nodeid, key, environment=self._environment(subject))
 
 
 def environment_differences(stored: dict | None, current: dict | None) -> list[str]:
@@ -151,16 +149,6 @@ def environment_differences(stored: dict | None, current: dict | None) -> list[s
     if not stored or not current:
         return []
     return [f"{k} {stored.get(k)} -> {current.get(k)}" for k in ("torch", "device", "gpu") if stored.get(k) != current.get(k)]
-
-
-def model_differences(stored: dict | None, current: dict | None) -> list[str]:
-    """A line when both models are known and their parameter hashes differ."""
-    if not stored or not current or stored.get("sha256") == current.get("sha256"):
-        return []
-    return [
-        f"model {stored.get('class')} sha256 {str(stored.get('sha256'))[:12]} -> "
-        f"{current.get('class')} sha256 {str(current.get('sha256'))[:12]}"
-    ]
 
 
 def read(path: Path) -> dict[str, dict]:

@@ -156,10 +156,13 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 @pytest.fixture(scope="session")
 def cnnaudit_device(request: pytest.FixtureRequest) -> Any:
     """The ``torch.device`` to audit on (``--cnnaudit-device``; under xdist each worker takes its own GPU)."""
+    problem = None
     try:
         device = request.config.stash[_SESSION].torch_device()
     except ValueError as error:
-        pytest.fail(f"cnnaudit: {error}", pytrace=False)
+        problem = f"cnnaudit: {error}"
+    if problem is not None:  # outside the except block, so no chained traceback is printed
+        pytest.fail(problem, pytrace=False)
     if device.type == "cuda":
         import torch
 
