@@ -15,6 +15,7 @@ _EXPORTS = {
     "Subject": "cnnaudit.subject",
     "load_weights": "cnnaudit.subject",
     "normalize": "cnnaudit.subject",
+    "HeatmapCache": "cnnaudit.cache",
     "LayerInfo": "cnnaudit.layers",
     "Heatmaps": "cnnaudit.heatmaps",
     "ImageSet": "cnnaudit.data",
@@ -34,6 +35,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from cnnaudit.cache import HeatmapCache
     from cnnaudit.data import ImageSet
     from cnnaudit.heatmaps import Heatmaps
     from cnnaudit.layers import LayerInfo

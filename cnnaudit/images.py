@@ -1,8 +1,14 @@
 """Input images: one validation and conversion point for everything that takes images.
 
 Convention: images enter as float in ``[0, 1]`` shaped ``(N,3,H,W)`` / ``(3,H,W)``, or as
-uint8 ``(H,W,3)`` / ``(N,H,W,3)`` (divided by 255). The result is always a float32
-``(N,3,H,W)`` CPU tensor in ``[0, 1]``; ``Subject.preprocess`` maps it to model input.
+uint8 ``(H,W,3)`` / ``(N,H,W,3)`` (divided by 255). The result is a float32 ``(N,3,H,W)``
+tensor in ``[0, 1]``, on the CPU unless ``keep_device=True``; ``Subject.preprocess`` maps it
+to model input.
+
+The value check (``[0, 1]``, no NaN) reads one ``aminmax`` back to the host. The subject's
+batch loop instead keeps each batch's :func:`value_range` on the device and checks them all
+once with :func:`check_value_range` (``as_batch(..., check_range=False)``), so the check costs
+no host synchronisation per batch.
 """
 
 from __future__ import annotations
@@ -18,8 +24,13 @@ _EXPECTED = (
 )
 
 
-def as_batch(images: Any) -> torch.Tensor:
-    """Convert ``images`` to a float32 ``(N,3,H,W)`` CPU tensor in ``[0,1]``; raise ``ValueError`` otherwise."""
+def as_batch(images: Any, *, keep_device: bool = False, check_range: bool = True) -> torch.Tensor:
+    """Convert ``images`` to a float32 ``(N,3,H,W)`` tensor in ``[0,1]``; raise ``ValueError`` otherwise.
+
+    The result is on the CPU; with ``keep_device=True`` a tensor stays on its device (a GPU batch
+    is not copied to the host and back). ``check_range=False`` skips the value check of float
+    tensors: the caller must check with :func:`value_range` / :func:`check_value_range`.
+    """
     from cnnaudit.data import ImageSet  # local: data imports this module
 
     if isinstance(images, ImageSet):
@@ -27,36 +38,44 @@ def as_batch(images: Any) -> torch.Tensor:
     if isinstance(images, (list, tuple)):
         if not images:
             raise ValueError(f"got an empty list of images; {_EXPECTED}")
-        parts = [as_batch(item) for item in images]
+        parts = [as_batch(item, keep_device=keep_device, check_range=check_range) for item in images]
         sizes = {tuple(p.shape[-2:]) for p in parts}
         if len(sizes) > 1:
             raise ValueError(
                 f"images in one batch must share a size, got sizes {sorted(sizes)}; "
                 "resize them first (e.g. ImageSet(..., size=(H, W)))"
             )
+        if len({p.device for p in parts}) > 1:
+            parts = [p.cpu() for p in parts]
         return torch.cat(parts)
     if isinstance(images, np.ndarray):
-        return _from_numpy(images)
+        return _from_numpy(images, check_range)
     if isinstance(images, torch.Tensor):
-        return _from_tensor(images)
+        tensor = images if keep_device else images.cpu()
+        return _from_tensor(tensor, check_range)
     raise ValueError(f"got {type(images).__name__}; {_EXPECTED}")
 
 
-def _from_numpy(array: np.ndarray) -> torch.Tensor:
+def _from_numpy(array: np.ndarray, check_range: bool) -> torch.Tensor:
     if array.dtype == np.uint8:
-        if array.ndim == 3 and array.shape[-1] == 3:
-            array = array[None]
-        if array.ndim != 4 or array.shape[-1] != 3:
-            raise ValueError(f"got a uint8 array of shape {array.shape}; {_EXPECTED}")
-        return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).float().div_(255.0)
+        return _from_uint8(torch.from_numpy(np.ascontiguousarray(array)))
     if np.issubdtype(array.dtype, np.floating):
-        return _from_tensor(torch.from_numpy(np.ascontiguousarray(array)))
+        return _from_tensor(torch.from_numpy(np.ascontiguousarray(array)), check_range)
     raise ValueError(f"got a numpy array of dtype {array.dtype}; {_EXPECTED}")
 
 
-def _from_tensor(tensor: torch.Tensor) -> torch.Tensor:
+def _from_uint8(tensor: torch.Tensor) -> torch.Tensor:
+    """uint8 ``(H,W,3)`` / ``(N,H,W,3)`` -> float ``(N,3,H,W)`` / 255, on the tensor's device."""
+    if tensor.ndim == 3 and tensor.shape[-1] == 3:
+        tensor = tensor[None]
+    if tensor.ndim != 4 or tensor.shape[-1] != 3:
+        raise ValueError(f"got a uint8 array of shape {tuple(tensor.shape)}; {_EXPECTED}")
+    return tensor.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def _from_tensor(tensor: torch.Tensor, check_range: bool) -> torch.Tensor:
     if tensor.dtype == torch.uint8:
-        return _from_numpy(tensor.cpu().numpy())
+        return _from_uint8(tensor.detach())
     if not tensor.is_floating_point():
         raise ValueError(f"got a tensor of dtype {tensor.dtype}; {_EXPECTED}")
     if tensor.ndim == 3:
@@ -64,15 +83,29 @@ def _from_tensor(tensor: torch.Tensor) -> torch.Tensor:
     if tensor.ndim != 4 or tensor.shape[1] != 3:
         hint = " (channels-last? use uint8 HxWx3 or permute to (N,3,H,W))" if tensor.ndim == 4 and tensor.shape[-1] == 3 else ""
         raise ValueError(f"got a tensor of shape {tuple(tensor.shape)}{hint}; {_EXPECTED}")
-    tensor = tensor.detach().to("cpu", torch.float32)
-    if tensor.numel():
-        low, high = torch.aminmax(tensor)  # one pass; NaN propagates and fails both comparisons below
-        if not (low >= 0 and high <= 1):
-            raise ValueError(
-                f"image values must be finite and in [0,1], got range [{low.item():.3g}, {high.item():.3g}]; "
-                "pass raw [0,1] images and put normalisation in Subject(preprocess=cnnaudit.normalize(mean, std))"
-            )
+    tensor = tensor.detach().to(torch.float32)
+    if check_range and tensor.numel():
+        check_value_range(value_range(tensor))
     return tensor
+
+
+def value_range(images: torch.Tensor) -> torch.Tensor:
+    """``[min, max]`` of ``images`` as a ``(2,)`` tensor on their device (one pass; NaN propagates)."""
+    return torch.stack(torch.aminmax(images))
+
+
+def check_value_range(ranges: torch.Tensor) -> None:
+    """Raise ``ValueError`` unless every ``[min, max]`` row of ``ranges`` ``(2,)`` / ``(B,2)`` lies in ``[0,1]``.
+
+    Reads two numbers back to the host (one synchronisation for any number of batches).
+    """
+    ranges = ranges.reshape(-1, 2)
+    low, high = torch.stack((ranges[:, 0].min(), ranges[:, 1].max())).tolist()
+    if not (low >= 0 and high <= 1):  # NaN fails both comparisons
+        raise ValueError(
+            f"image values must be finite and in [0,1], got range [{low:.3g}, {high:.3g}]; "
+            "pass raw [0,1] images and put normalisation in Subject(preprocess=cnnaudit.normalize(mean, std))"
+        )
 
 
 def batch_size_of(images: Any) -> int:

@@ -24,9 +24,10 @@ from torch import nn
 
 from cnnaudit import layers as layers_module
 from cnnaudit.attribution import cam, guided
-from cnnaudit.attribution.targets import parse_target
+from cnnaudit.attribution.targets import Target, parse_target
+from cnnaudit.cache import Cached, HeatmapCache, request_key
 from cnnaudit.heatmaps import Heatmaps
-from cnnaudit.images import as_batch, iter_batches
+from cnnaudit.images import as_batch, check_value_range, iter_batches, value_range
 
 logger = logging.getLogger("cnnaudit")
 
@@ -147,7 +148,10 @@ class Subject:
     (224x224 if read before any); the choice is logged on the ``cnnaudit`` logger and kept in
     ``subject.layer``). ``output``: for models returning a tuple / dict, the index, key or
     callable choosing the tensor that targets read. ``batch_size`` caps the images in one pass;
-    on CUDA out-of-memory the pass is retried with half as many.
+    on CUDA out-of-memory the pass is retried with half as many. ``cache``: keep recent maps so
+    a repeated request (same model state, layer, method, target and images) costs no pass
+    (see :mod:`cnnaudit.cache`); ``False`` turns it off, a :class:`~cnnaudit.cache.HeatmapCache`
+    sets its bounds. ``subject.cache`` is the cache (``None`` when off).
     """
 
     def __init__(
@@ -159,6 +163,7 @@ class Subject:
         device: str | torch.device = "auto",
         batch_size: int = 32,
         output: int | str | Callable[[Any], torch.Tensor] | None = None,
+        cache: bool | HeatmapCache = True,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"Subject needs a torch.nn.Module, got {type(model).__name__}")
@@ -174,6 +179,7 @@ class Subject:
         self.output = output
         self._layer = None if isinstance(layer, str) and layer == "auto" else self._layer_name(layer)
         self._probe_size: tuple[int, int] | None = None
+        self.cache: HeatmapCache | None = cache if isinstance(cache, HeatmapCache) else HeatmapCache() if cache else None
 
     def __repr__(self) -> str:
         layer = self._layer if self._layer is not None else "auto"
@@ -197,14 +203,16 @@ class Subject:
         requires_grad = [p.requires_grad for p in parameters]
         hooks_before = _hook_keys(modules)
         try:
-            self.model.eval()
+            if any(training):
+                self.model.eval()
             for parameter in parameters:
                 parameter.requires_grad_(False)
             with torch.inference_mode(False), torch.enable_grad():
                 yield self
         finally:
             for module, flag in zip(modules, training):
-                module.training = flag
+                if module.training != flag:  # setting through nn.Module.__setattr__ is slow; most flags never changed
+                    module.training = flag
             for parameter, flag in zip(parameters, requires_grad):
                 parameter.requires_grad_(flag)
             leaked = _remove_new_hooks(modules, hooks_before)
@@ -318,11 +326,13 @@ class Subject:
         """Grad-CAM-family heatmaps (``method`` in gradcam, gradcam++, xgradcam, layercam, hirescam, eigencam, scorecam)."""
         cam.check_method(method)
         with self.audit():
+            given = images
             images, count = self._images(images)
             spec = parse_target(target, count, self.class_index)
             layer_name = self._layer_for(layer, images)
-            raw, targets, size = self._run(
-                images, lambda x, start, limit: cam.cam_batch(self, x, spec, start, layer_name, method, limit)
+            raw, targets, size = self._cached(
+                ("gradcam", method, layer_name), spec, given,
+                lambda: self._run(images, lambda x, start, limit: cam.cam_batch(self, x, spec, start, layer_name, method, limit)),
             )
         return Heatmaps(
             raw, image_size=size, method=method, layer=layer_name, targets=targets, images=images,
@@ -336,11 +346,13 @@ class Subject:
         if method not in guided.METHODS:
             raise ValueError(f"unknown saliency method {method!r}; choose one of {', '.join(guided.METHODS)}")
         with self.audit():
+            given = images
             images, count = self._images(images)
             spec = parse_target(target, count, self.class_index)
             layer_name = self._layer_for(layer, images) if method == "guided_gradcam" else None
-            raw, targets, size = self._run(
-                images, lambda x, start, limit: guided.saliency_batch(self, x, spec, start, method, layer_name)
+            raw, targets, size = self._cached(
+                ("saliency", method, layer_name), spec, given,
+                lambda: self._run(images, lambda x, start, limit: guided.saliency_batch(self, x, spec, start, method, layer_name)),
             )
         return Heatmaps(
             raw, image_size=size, method=method, layer=layer_name or "input", targets=targets, images=images,
@@ -354,12 +366,27 @@ class Subject:
         return maximize.maximize(self, layer, channels, **kwargs)
 
     # ---- batching -----------------------------------------------------------------------
+    def _cached(self, what: tuple[str, str, str | None], target: Target, given: Any, compute: Callable[[], Cached]) -> Cached:
+        """``compute()``, or its result for the same request from the cache (``given``: the images as passed)."""
+        if self.cache is None:
+            return compute()
+        key = request_key(self, what, target, given)
+        result = self.cache.get(key)
+        if result is None:
+            result = compute()
+            self.cache.put(key, result)
+        return result
+
     @staticmethod
     def _images(images: Any) -> tuple[Any, int]:
-        """An ImageSet as is (it streams), anything else converted once to a CPU tensor; and the count."""
+        """An ImageSet as is (it streams), anything else converted once to a tensor; and the count.
+
+        Tensors stay on their device (no round trip through the host); their values are checked
+        batch by batch on the device by :meth:`_run`.
+        """
         from cnnaudit.data import ImageSet
 
-        images = images if isinstance(images, ImageSet) else as_batch(images)
+        images = images if isinstance(images, ImageSet) else as_batch(images, keep_device=True, check_range=False)
         if len(images) == 0:
             raise ValueError("got no images; pass at least one image")
         return images, len(images)
@@ -384,14 +411,18 @@ class Subject:
             self._probe_size = (int(height), int(width))
         return self.layer
 
-    def _run(self, images: Any, work: BatchWork) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+    def _run(self, images: Any, work: BatchWork) -> Cached:
         """Run ``work(x, start, limit)`` over ``images`` (call inside :meth:`audit`); concatenate maps and targets.
 
         At most ``limit`` (initially ``batch_size``) images go through the model at once; on CUDA
         out-of-memory the chunk is retried with half as many, and the smaller limit is kept.
+        Nothing is read back to the host per batch: the value ranges of tensor inputs are kept on
+        the device and checked once at the end, with the explained classes.
         """
         maps: list[torch.Tensor] = []
         targets: list[torch.Tensor] = []
+        ranges: list[torch.Tensor] = []
+        check = isinstance(images, torch.Tensor)  # ImageSet images were checked when loaded
         size = (0, 0)
         limit = self.batch_size
         for start, batch in self._batches(images):
@@ -401,6 +432,8 @@ class Subject:
                 chunk = batch[offset : offset + limit].to(self.device, non_blocking=True)
                 if chunk.is_inference():  # made under the caller's torch.inference_mode()
                     chunk = chunk.clone()
+                if check:
+                    ranges.append(value_range(chunk))
                 try:
                     result = work(chunk, start + offset, limit)
                 except torch.cuda.OutOfMemoryError:
@@ -416,5 +449,7 @@ class Subject:
                 maps.append(result[0])
                 targets.append(result[1])
                 offset += chunk.shape[0]
+        if ranges:
+            check_value_range(torch.stack(ranges))
         self._probe_size = size
-        return torch.cat(maps), torch.cat(targets).cpu(), size
+        return Cached(torch.cat(maps), torch.cat(targets).cpu(), size)

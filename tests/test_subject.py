@@ -143,7 +143,8 @@ class _Discard:
 
 
 def test_memory_is_flat_over_100_calls(tiny_cnn, images16):
-    subject = ca.Subject(tiny_cnn, layer="features.2", device="cpu", batch_size=3)
+    # cache=False: every call runs the passes (the cache would answer the repeats)
+    subject = ca.Subject(tiny_cnn, layer="features.2", device="cpu", batch_size=3, cache=False)
 
     def live_tensors() -> int:
         gc.collect()

@@ -25,10 +25,15 @@ ScoreFunction = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class Target:
-    """A parsed target: per-image class indices (CPU int64), the predicted class, or a score function."""
+    """A parsed target: per-image class indices (CPU int64), the predicted class, or a score function.
+
+    ``highest`` is the largest class index (checked against the model output without reading
+    device values back).
+    """
 
     indices: torch.Tensor | None = None
     function: ScoreFunction | None = None
+    highest: int = -1
 
     @property
     def predicted(self) -> bool:
@@ -43,7 +48,7 @@ def parse_target(target: Any, n_images: int, class_index: Callable[[int | str], 
         return Target(function=target)
     if isinstance(target, (str, int, np.integer)) or (isinstance(target, torch.Tensor) and target.ndim == 0):
         index = class_index(target.item() if isinstance(target, torch.Tensor) else target)
-        return Target(indices=torch.full((n_images,), index, dtype=torch.int64))
+        return Target(indices=torch.full((n_images,), index, dtype=torch.int64), highest=index)
     if isinstance(target, (list, tuple, np.ndarray, torch.Tensor)):
         values = target.tolist() if isinstance(target, (np.ndarray, torch.Tensor)) else list(target)
         if len(values) != n_images:
@@ -51,7 +56,8 @@ def parse_target(target: Any, n_images: int, class_index: Callable[[int | str], 
                 f"got {len(values)} targets for {n_images} images; give one target per image, "
                 "or a single class index / name for all of them"
             )
-        return Target(indices=torch.tensor([class_index(v) for v in values], dtype=torch.int64))
+        indices = [class_index(v) for v in values]
+        return Target(indices=torch.tensor(indices, dtype=torch.int64), highest=max(indices, default=-1))
     raise TypeError(
         f"target must be None, a class index, a class name, one of those per image, or a callable "
         f"returning one score per image; got {type(target).__name__}"
@@ -79,8 +85,7 @@ def select_scores(target: Target, output: torch.Tensor, start: int) -> tuple[tor
     if target.indices is None:
         indices = output.detach().argmax(dim=1)
     else:
-        cpu_indices = target.indices[start : start + batch]
-        if int(cpu_indices.max()) >= output.shape[1]:
-            raise ValueError(f"class index {int(cpu_indices.max())} is out of range for a model with {output.shape[1]} outputs")
-        indices = cpu_indices.to(output.device, non_blocking=True)
+        if target.highest >= output.shape[1]:
+            raise ValueError(f"class index {target.highest} is out of range for a model with {output.shape[1]} outputs")
+        indices = target.indices[start : start + batch].to(output.device, non_blocking=True)
     return output.gather(1, indices[:, None])[:, 0], indices

@@ -1,0 +1,179 @@
+"""Session cache of heatmaps: an audit suite that asks again for the same maps gets them without a pass.
+
+``Subject(..., cache=True)`` (the default) keeps the raw maps of recent ``gradcam`` / ``saliency``
+calls. The key names everything the maps depend on:
+
+* the model: for each parameter and buffer ``(data_ptr, _version)``. Every change made through
+  torch bumps the version counter (optimiser steps, ``load_state_dict``, ``reset_parameters``,
+  ``p.mul_(2)`` under ``no_grad``); a replaced tensor has another storage. An entry keeps the
+  tensors its key names alive, so no new tensor can reuse their addresses while it exists.
+* the subject's ``preprocess`` and ``output`` selector (by identity);
+* what was asked: ``gradcam`` / ``saliency``, the method and the layer;
+* the target: the predicted class, the class indices (by value), or a callable (by identity);
+* the images: a tensor by identity, version counter, address, shape, strides, dtype and device; a
+  numpy array by content (SHA-1 of its bytes); a list by its items; an ``ImageSet`` by its
+  ``size`` and its sources (file paths by value, loaders and in-memory images by identity and
+  version), so ``people.where(label="doctor")`` asked for in two tests is the same key.
+
+Hashing tensor contents instead would cost more than the maps: SHA-1 of 64 images of 224x224
+takes ~20 ms on a CPU core, several times a GPU's Grad-CAM pass for them.
+
+The key does not see writes that bypass version counters (``tensor.data.<op>_()``, a numpy array
+sharing memory with a tensor), image files changed on disk, loaders that return different
+images on each call, or hooks and methods patched onto the model: call ``subject.cache.clear()``
+after those, or use ``Subject(cache=False)``. Tensors made under ``torch.inference_mode()`` have
+no version counter; requests involving them are not cached.
+
+Entries hold the raw maps (on the device) and the explained classes; the least recently used
+are dropped past ``max_entries`` entries or ``max_bytes`` bytes of maps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from itertools import chain
+from typing import TYPE_CHECKING, Any, Hashable, NamedTuple
+
+import numpy as np
+import torch
+
+from cnnaudit.attribution.targets import Target
+
+if TYPE_CHECKING:
+    from cnnaudit.subject import Subject
+
+
+class Cached(NamedTuple):
+    """What a request computed: signed raw maps ``(N,h,w)``, class indices ``(N,)`` and the input size."""
+
+    raw: torch.Tensor
+    targets: torch.Tensor
+    size: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Key:
+    """A request's hashable ``value`` and the objects whose identities it uses (kept alive with the entry)."""
+
+    value: Hashable
+    pins: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    hits: int
+    misses: int
+    entries: int
+    bytes: int
+
+
+class HeatmapCache:
+    """Least-recently-used store of :class:`Cached` results by :class:`Key` (see the module docstring)."""
+
+    def __init__(self, max_entries: int = 64, max_bytes: int = 256 * 2**20) -> None:
+        if max_entries < 1 or max_bytes < 1:
+            raise ValueError(f"max_entries and max_bytes must be positive, got {max_entries} and {max_bytes}")
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[Hashable, tuple[Cached, tuple[Any, ...], int]] = OrderedDict()
+        self._bytes = 0
+        self._hits = 0
+        self._misses = 0
+
+    def __repr__(self) -> str:
+        s = self.stats
+        return f"HeatmapCache(entries={s.entries}/{self.max_entries}, bytes={s.bytes}/{self.max_bytes}, hits={s.hits}, misses={s.misses})"
+
+    def __deepcopy__(self, memo: dict) -> HeatmapCache:
+        """A copy of a subject (``sanity_check`` makes one) starts with an empty cache of the same bounds."""
+        return HeatmapCache(self.max_entries, self.max_bytes)
+
+    @property
+    def stats(self) -> CacheStats:
+        return CacheStats(self._hits, self._misses, len(self._entries), self._bytes)
+
+    def get(self, key: Key | None) -> Cached | None:
+        """A copy of the result stored under ``key`` (``None`` on a miss; ``key=None``: an uncacheable request)."""
+        found = self._entries.get(key.value) if key is not None else None
+        if found is None:
+            self._misses += 1
+            return None
+        self._hits += 1
+        self._entries.move_to_end(key.value)
+        return _copy(found[0])
+
+    def put(self, key: Key | None, result: Cached) -> None:
+        """Store a copy of ``result`` (the caller may hand its tensors out), evicting the least recently used."""
+        if key is None:
+            return
+        size = result.raw.numel() * result.raw.element_size() + result.targets.numel() * result.targets.element_size()
+        if size > self.max_bytes:
+            return
+        if key.value in self._entries:
+            self._bytes -= self._entries.pop(key.value)[2]
+        self._entries[key.value] = (_copy(result), key.pins, size)
+        self._bytes += size
+        while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
+            self._bytes -= self._entries.popitem(last=False)[1][2]
+
+    def clear(self) -> None:
+        """Drop every entry (after changes the key cannot see; see the module docstring)."""
+        self._entries.clear()
+        self._bytes = 0
+
+
+def _copy(result: Cached) -> Cached:
+    return Cached(result.raw.clone(), result.targets.clone(), result.size)
+
+
+def request_key(subject: Subject, what: tuple[str, str, str | None], target: Target, images: Any) -> Key | None:
+    """The key of ``what`` = (kind, method, layer) for ``target`` and ``images`` as the caller passed them; ``None`` if uncacheable."""
+    tensors = list(chain(subject.model.parameters(), subject.model.buffers()))
+    parts = [_image_key(images), _target_key(target)]
+    if any(part is None for part in parts) or any(t.is_inference() for t in tensors):
+        return None
+    (image_value, image_pins), (target_value, target_pins) = parts  # type: ignore[misc]
+    model_value = tuple((t.data_ptr(), t._version) for t in tensors)
+    value = (what, id(subject.model), model_value, id(subject.preprocess), id(subject.output), target_value, image_value)
+    return Key(value, (subject.model, *tensors, subject.preprocess, subject.output, *target_pins, *image_pins))
+
+
+def _target_key(target: Target) -> tuple[Hashable, tuple[Any, ...]]:
+    if target.function is not None:
+        return ("function", id(target.function)), (target.function,)
+    if target.indices is None:
+        return ("predicted",), ()
+    return ("indices", target.indices.numpy().tobytes()), ()
+
+
+def _tensor_key(tensor: torch.Tensor) -> Hashable | None:
+    if tensor.is_inference():
+        return None
+    return (id(tensor), tensor._version, tensor.data_ptr(), tuple(tensor.shape), tensor.stride(), tensor.dtype, tensor.device)
+
+
+def _image_key(images: Any) -> tuple[Hashable, tuple[Any, ...]] | None:
+    """How the images are named in a key, and the objects to keep alive; ``None`` when they cannot be named."""
+    from cnnaudit.data import ImageSet
+
+    if isinstance(images, ImageSet):
+        sources = images._sources
+        parts = [source if isinstance(source, str) else _tensor_key(source) if isinstance(source, torch.Tensor) else id(source)
+                 for source in sources]
+        if any(part is None for part in parts):
+            return None
+        return ("imageset", images.size, tuple(parts)), (tuple(sources),)
+    if isinstance(images, torch.Tensor):
+        value = _tensor_key(images)
+        return None if value is None else (("tensor", value), (images,))
+    if isinstance(images, np.ndarray):
+        digest = hashlib.sha1(np.ascontiguousarray(images).view(np.uint8)).hexdigest() if images.size else ""
+        return ("array", images.dtype.str, images.shape, digest), ()
+    if isinstance(images, (list, tuple)):
+        items = [_image_key(item) for item in images]
+        if any(item is None for item in items):
+            return None
+        return ("list", tuple(item[0] for item in items)), tuple(pin for item in items for pin in item[1])  # type: ignore[index]
+    return None
