@@ -9,7 +9,9 @@ calls. The key names everything the maps depend on:
   tensors its key names alive, so no new tensor can reuse their addresses while it exists.
 * the subject's ``preprocess`` and ``output`` selector (by identity);
 * what was asked: ``gradcam`` / ``saliency``, the method and the layer;
-* the target: the predicted class, the class indices (by value), or a callable (by identity);
+* the target: the predicted class or the class indices (by value). Requests with a callable
+  target are never cached: a callable is only known by identity, and a closure whose captured
+  data changed (a mask, a threshold) is the same object, so its old maps would come back stale;
 * the images: a tensor by identity, version counter, address, shape, strides, dtype and device; a
   numpy array by content (SHA-1 of its bytes); a list by its items; an ``ImageSet`` by its
   ``size`` and its sources (file paths by value, loaders and in-memory images by identity and
@@ -131,21 +133,22 @@ def _copy(result: Cached) -> Cached:
 def request_key(subject: Subject, what: tuple[str, str, str | None], target: Target, images: Any) -> Key | None:
     """The key of ``what`` = (kind, method, layer) for ``target`` and ``images`` as the caller passed them; ``None`` if uncacheable."""
     tensors = list(chain(subject.model.parameters(), subject.model.buffers()))
-    parts = [_image_key(images), _target_key(target)]
-    if any(part is None for part in parts) or any(t.is_inference() for t in tensors):
+    image_key, target_value = _image_key(images), _target_key(target)
+    if image_key is None or target_value is None or any(t.is_inference() for t in tensors):
         return None
-    (image_value, image_pins), (target_value, target_pins) = parts  # type: ignore[misc]
+    image_value, image_pins = image_key
     model_value = tuple((t.data_ptr(), t._version) for t in tensors)
     value = (what, id(subject.model), model_value, id(subject.preprocess), id(subject.output), target_value, image_value)
-    return Key(value, (subject.model, *tensors, subject.preprocess, subject.output, *target_pins, *image_pins))
+    return Key(value, (subject.model, *tensors, subject.preprocess, subject.output, *image_pins))
 
 
-def _target_key(target: Target) -> tuple[Hashable, tuple[Any, ...]]:
+def _target_key(target: Target) -> Hashable | None:
+    """How the target is named in a key; ``None`` for a callable (see the module docstring)."""
     if target.function is not None:
-        return ("function", id(target.function)), (target.function,)
+        return None
     if target.indices is None:
-        return ("predicted",), ()
-    return ("indices", target.indices.numpy().tobytes()), ()
+        return ("predicted",)
+    return ("indices", target.indices.numpy().tobytes())
 
 
 def _tensor_key(tensor: torch.Tensor) -> Hashable | None:

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnaudit.images import as_batch
-from cnnaudit.regions import Regions, Size, _parse_entry, _positions, close_matches
+from cnnaudit.regions import Regions, Size, _parse_entry, _positions, unknown_name
 
 Source = Union[torch.Tensor, str, Callable[[], Any]]
 
@@ -197,7 +197,7 @@ class ImageSet:
     def group(self, name: str) -> np.ndarray:
         """The group column ``name``, one value per image (``s.group("g") == "f"`` is a bool mask)."""
         if name not in self._groups:
-            raise KeyError(close_matches(name, sorted(self._groups), "group"))
+            raise KeyError(unknown_name(name, sorted(self._groups), "group"))
         return self._groups[name]
 
     @property
@@ -211,7 +211,7 @@ class ImageSet:
     def region(self, name: str) -> Regions:
         """The named region of every image as ``Regions`` in frames of ``image_size``."""
         if name not in self._regions:
-            raise KeyError(close_matches(name, sorted(self._regions), "region"))
+            raise KeyError(unknown_name(name, sorted(self._regions), "region"))
         value = self._regions[name]
         if isinstance(value, Regions):
             regions = value[:]

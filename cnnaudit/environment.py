@@ -11,12 +11,18 @@ from typing import Any
 
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
 _DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+CLI_OPTION = "--cnnaudit-device"
 
 
-def check_device_option(spec: str) -> str:
+def _setting(option: str, value: str) -> str:
+    """How a device setting is written in messages: ``--cnnaudit-device=cuda`` or ``device='cuda'``."""
+    return f"{option}={value}" if option.startswith("--") else f"{option}={value!r}"
+
+
+def check_device_option(spec: Any, option: str = CLI_OPTION) -> str:
     """Return ``spec`` if it is one of ``auto|cpu|cuda|cuda:N``; raise ``ValueError`` otherwise."""
-    if not _DEVICE_PATTERN.fullmatch(spec):
-        raise ValueError(f"--cnnaudit-device={spec!r} is not a device; use {DEVICE_CHOICES}")
+    if not isinstance(spec, str) or not _DEVICE_PATTERN.fullmatch(spec):
+        raise ValueError(f"{option}={spec!r} is not a device; use {DEVICE_CHOICES}")
     return spec
 
 
@@ -26,40 +32,55 @@ def worker_index(worker_id: str | None) -> int:
     return int(match.group(1)) if match else 0
 
 
-def resolve_device(spec: str, *, worker: int, cuda_available: bool, device_count: int) -> str:
-    """The device string for ``spec`` on xdist worker ``worker``.
+def resolve_device(
+    spec: str,
+    *,
+    cuda_available: bool,
+    device_count: int,
+    worker: int | None = None,
+    current: int = 0,
+    option: str = CLI_OPTION,
+) -> str:
+    """The device string for ``spec``: the one resolver behind ``Subject(device=...)`` and ``--cnnaudit-device``.
 
-    ``auto`` is ``cuda`` when CUDA is available, else ``cpu``. ``cuda`` (also via ``auto``) spreads
-    workers over the GPUs: ``cuda:(worker % device_count)``. ``cuda:N`` is used as given.
+    ``auto`` is ``cuda`` when CUDA is available, else ``cpu``. ``cuda`` (also via ``auto``) is this
+    process' GPU: on xdist worker ``worker`` ``cuda:(worker % device_count)`` (workers spread over
+    the GPUs), otherwise the current CUDA device ``current`` (the plugin's ``cnnaudit_device``
+    fixture makes a worker's GPU current, so both agree there). ``cuda:N`` is used as given,
+    checked against ``device_count``. ``option`` names the setting in error messages.
     """
-    check_device_option(spec)
+    check_device_option(spec, option)
     if spec == "cpu" or (spec == "auto" and not cuda_available):
         return "cpu"
     if not cuda_available or device_count == 0:
         raise ValueError(
-            f"--cnnaudit-device={spec} but CUDA is not available to torch here; "
-            "use --cnnaudit-device=auto (GPU when there is one) or --cnnaudit-device=cpu"
+            f"{_setting(option, spec)} but CUDA is not available to torch here; "
+            f"use {_setting(option, 'auto')} (GPU when there is one) or {_setting(option, 'cpu')}"
         )
     if spec.startswith("cuda:"):
         index = int(spec.split(":")[1])
         if index >= device_count:
             raise ValueError(
-                f"--cnnaudit-device={spec} but torch sees {device_count} GPU(s) (cuda:0..cuda:{device_count - 1})"
+                f"{_setting(option, spec)} but torch sees {device_count} GPU(s) (cuda:0..cuda:{device_count - 1})"
             )
         return spec
-    return f"cuda:{worker % device_count}"
+    return f"cuda:{current if worker is None else worker % device_count}"
 
 
-def torch_device(spec: str, worker_id: str | None) -> Any:
-    """``torch.device`` for ``spec`` on this process (see :func:`resolve_device`)."""
+def torch_device(spec: str, worker_id: str | None = None, *, option: str = CLI_OPTION) -> Any:
+    """``torch.device`` for ``spec`` in this process (see :func:`resolve_device`); ``worker_id`` as xdist names it."""
     import torch
 
+    available = torch.cuda.is_available()
     return torch.device(
         resolve_device(
             spec,
-            worker=worker_index(worker_id),
-            cuda_available=torch.cuda.is_available(),
-            device_count=torch.cuda.device_count(),
+            cuda_available=available,
+            device_count=torch.cuda.device_count() if available else 0,
+            worker=None if worker_id is None else worker_index(worker_id),
+            # set_device initialises CUDA, so before that the current device is 0 (and this stays cheap)
+            current=torch.cuda.current_device() if available and torch.cuda.is_initialized() else 0,
+            option=option,
         )
     )
 

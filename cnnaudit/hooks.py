@@ -75,19 +75,39 @@ def record(modules: Mapping[str, nn.Module], *, start_graph: bool = False) -> It
             handle.remove()
 
 
-def gradient(scores: torch.Tensor, wrt: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+def gradient(
+    scores: torch.Tensor, wrt: torch.Tensor | Sequence[torch.Tensor], *, output: torch.Tensor | None = None
+) -> tuple[torch.Tensor, ...]:
     """``d(sum(scores)) / d wrt`` by ``torch.autograd.grad``; one pass for a batch of per-image scores.
 
     Per-image scores of a batch are independent (eval mode), so the gradient of their sum with
-    respect to a batched tensor holds each image's own gradient in its row.
+    respect to a batched tensor holds each image's own gradient in its row. ``output`` is the
+    model output the scores were computed from (default: the scores themselves); when there is
+    no gradient it tells the two causes apart: the recorded tensor does not feed the output (a
+    layer off the path to it), or it does but the score is not a differentiable function of the
+    output (a callable target using argmax, ``.item()``, numpy, ...).
     """
     inputs = (wrt,) if isinstance(wrt, torch.Tensor) else tuple(wrt)
-    if not scores.requires_grad:
+    if scores.requires_grad:
+        grads = torch.autograd.grad(scores.sum(), inputs, allow_unused=True)
+        if all(g is not None for g in grads):
+            return grads
+    output = scores if output is None else output
+    if _feeds(inputs, output):
         raise ValueError(
-            "the target score does not depend differentiably on the recorded layer; "
-            "a callable target must return scores computed from the model output with differentiable ops"
+            "the target score is not a differentiable function of the model output, although the recorded layer "
+            "feeds the output; a callable target must compute its scores from the output with differentiable torch "
+            "ops (no argmax, comparisons, .item(), .detach() or numpy)"
         )
-    grads = torch.autograd.grad(scores.sum(), inputs, allow_unused=True)
-    if any(g is None for g in grads):
-        raise ValueError("the target score does not depend on the recorded layer; pick a layer on the path to the output")
-    return grads
+    raise ValueError(
+        "the recorded layer does not feed the model output (it runs, but its result does not reach the scores); "
+        "pick a layer on the path from the input to the output, e.g. the last convolutional block (layer='auto')"
+    )
+
+
+def _feeds(inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> bool:
+    """Whether ``output`` depends differentiably on every tensor of ``inputs`` (one extra backward pass)."""
+    if not output.requires_grad:
+        return False
+    grads = torch.autograd.grad(output, inputs, grad_outputs=torch.ones_like(output), allow_unused=True)
+    return all(g is not None for g in grads)

@@ -69,7 +69,9 @@ def _from_uint8(tensor: torch.Tensor) -> torch.Tensor:
     if tensor.ndim == 3 and tensor.shape[-1] == 3:
         tensor = tensor[None]
     if tensor.ndim != 4 or tensor.shape[-1] != 3:
-        raise ValueError(f"got a uint8 array of shape {tuple(tensor.shape)}; {_EXPECTED}")
+        channels_first = tensor.ndim in (3, 4) and tensor.shape[-3] == 3
+        hint = " (channels-first? permute it to (..., H, W, 3), or pass float images x / 255)" if channels_first else ""
+        raise ValueError(f"got a uint8 array of shape {tuple(tensor.shape)}{hint}; {_EXPECTED}")
     return tensor.permute(0, 3, 1, 2).float().div_(255.0)
 
 
@@ -106,15 +108,6 @@ def check_value_range(ranges: torch.Tensor) -> None:
             f"image values must be finite and in [0,1], got range [{low:.3g}, {high:.3g}]; "
             "pass raw [0,1] images and put normalisation in Subject(preprocess=cnnaudit.normalize(mean, std))"
         )
-
-
-def batch_size_of(images: Any) -> int:
-    """Number of images without loading them (for an ImageSet) or after conversion."""
-    from cnnaudit.data import ImageSet
-
-    if isinstance(images, ImageSet):
-        return len(images)
-    return as_batch(images).shape[0]
 
 
 def iter_batches(images: Any, batch_size: int) -> Iterator[tuple[int, torch.Tensor]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -182,10 +182,23 @@ def _counts(model: nn.Module) -> dict[str, int]:
     return counts
 
 
+def close_matches(name: str, options: Iterable[str]) -> str:
+    """``" (did you mean 'a', 'b' or 'c'?)"``: up to 3 ``options`` close to ``name`` (``difflib``), or ``""``.
+
+    The one format of every unknown-name error: layers, class names, regions and groups.
+    """
+    near = [repr(option) for option in difflib.get_close_matches(name, list(options), n=3)]
+    if not near:
+        return ""
+    listed = near[0] if len(near) == 1 else f"{', '.join(near[:-1])} or {near[-1]}"
+    return f" (did you mean {listed}?)"
+
+
 def _unknown_layer_message(name: str, names: list[str]) -> str:
-    close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
-    hint = f"; close matches: {', '.join(repr(c) for c in close)}" if close else ""
-    return f"no layer named {name!r} in the model{hint}. Layer names are those of model.named_modules(); list them with subject.layers()"
+    return (
+        f"no layer named {name!r} in the model{close_matches(name, names)}. "
+        "Layer names are those of model.named_modules(); list them with subject.layers()"
+    )
 
 
 def resolve_layer(model: nn.Module, name: str) -> nn.Module:

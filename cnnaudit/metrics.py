@@ -26,30 +26,33 @@ from cnnaudit.images import iter_batches
 from cnnaudit.regions import as_regions, mask_box
 from cnnaudit.scores import Scores
 
-PerBatch = Callable[[torch.Tensor, torch.Tensor], np.ndarray]
+PerBatch = Callable[[torch.Tensor, torch.Tensor], "torch.Tensor | np.ndarray"]
 
 
 def _per_image(heatmaps: Heatmaps, regions: Any, metric: str, compute: PerBatch, batch_size: int = 64) -> Scores:
-    """Run ``compute(mass, masks) -> values`` over batches; undefined where the map or region is empty."""
+    """Run ``compute(mass, masks) -> values`` over batches; undefined where the map or region is empty.
+
+    Values stay on the maps' device until one read at the end (metrics that loop on the host
+    return numpy arrays, which are put back on the device with their chunk).
+    """
     regions = as_regions(regions, heatmaps.image_size, len(heatmaps))
-    values = np.full(len(heatmaps), np.nan)
+    values = torch.empty(len(heatmaps), dtype=torch.float64, device=heatmaps.raw.device)
     for start, mass in heatmaps.mass_batches(batch_size):
         stop = start + mass.shape[0]
         masks = regions[start:stop].masks(heatmaps.image_size, device=mass.device)
-        batch = np.asarray(compute(mass, masks), dtype=np.float64)
+        batch = torch.as_tensor(compute(mass, masks), dtype=torch.float64, device=mass.device)
         empty = (masks.flatten(1).sum(1) == 0) | (mass.flatten(1).amax(1) <= 0)
-        batch[empty.cpu().numpy()] = np.nan
-        values[start:stop] = batch
+        values[start:stop] = torch.where(empty, torch.nan, batch)
     source = {"heatmaps": heatmaps, "regions": regions, "index": np.arange(len(heatmaps))}
-    return Scores(values, f"{metric}({regions.name})", ids=heatmaps.ids, source=source)
+    return Scores(values.cpu().numpy(), f"{metric}({regions.name})", ids=heatmaps.ids, source=source)
 
 
-def _fractions(mass: torch.Tensor, masks: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Per image: mass fraction inside the region and area fraction of the region."""
+def _fractions(mass: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image, float64 on the device: mass fraction inside the region and area fraction of the region."""
     total = mass.sum(dim=(1, 2), dtype=torch.float64)
     inside = (mass * masks).sum(dim=(1, 2), dtype=torch.float64)
     area = masks.sum(dim=(1, 2), dtype=torch.float64) / (masks.shape[1] * masks.shape[2])
-    return (inside / total).cpu().numpy(), area.cpu().numpy()  # 0/0 -> NaN; _per_image marks those undefined
+    return inside / total, area  # 0/0 -> NaN; _per_image marks those undefined
 
 
 def mass_in(heatmaps: Heatmaps, regions: Any) -> Scores:
@@ -67,10 +70,9 @@ def enrichment(heatmaps: Heatmaps, regions: Any) -> Scores:
     Corrects ``mass_in`` for region size (cf. the "relevance mass accuracy" of Arras et al., 2022).
     """
 
-    def compute(mass: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
+    def compute(mass: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         fraction, area = _fractions(mass, masks)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return fraction / area
+        return fraction / area
 
     return _per_image(heatmaps, regions, "enrichment", compute)
 

@@ -30,7 +30,6 @@ vertex outside, which rasterisation clips).
 
 from __future__ import annotations
 
-import difflib
 import os
 from dataclasses import dataclass
 from numbers import Real
@@ -39,6 +38,8 @@ from typing import Any, Sequence, Union
 import numpy as np
 import torch
 from skimage.draw import polygon as draw_polygon
+
+from cnnaudit.layers import close_matches
 
 Size = tuple[int, int]
 _EDGE = 1e-6  # pixels; see Polygon.rasterise
@@ -246,11 +247,9 @@ def as_regions(regions: Any, image_size: Size, n: int, name: str = "region") -> 
     return regions
 
 
-def close_matches(name: str, options: Sequence[str], what: str) -> str:
-    """Error text for an unknown ``name``, listing close matches."""
-    near = difflib.get_close_matches(name, list(options), n=3)
-    hint = f"; did you mean {', '.join(map(repr, near))}?" if near else ""
-    return f"unknown {what} {name!r}{hint} (available: {', '.join(map(repr, options)) or 'none'})"
+def unknown_name(name: str, options: Sequence[str], what: str) -> str:
+    """Error text for an unknown ``name`` of kind ``what`` (region, group): close matches, then all options."""
+    return f"unknown {what} {name!r}{close_matches(name, options)}; available: {', '.join(map(repr, options)) or 'none'}"
 
 
 # ---- parsing ---------------------------------------------------------------------------------

@@ -11,17 +11,18 @@ are never changed.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import hashlib
 import logging
 import pickle
+import re
 from os import PathLike
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from cnnaudit import environment
 from cnnaudit import layers as layers_module
 from cnnaudit.attribution import cam, guided
 from cnnaudit.attribution.targets import Target, parse_target
@@ -29,31 +30,27 @@ from cnnaudit.cache import Cached, HeatmapCache, request_key
 from cnnaudit.heatmaps import Heatmaps
 from cnnaudit.images import as_batch, check_value_range, iter_batches, value_range
 
+if TYPE_CHECKING:
+    from cnnaudit.maximize import Transforms, Visualizations
+
 logger = logging.getLogger("cnnaudit")
 
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 _HOOK_EXTRAS = ("_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs")
 _DEFAULT_PROBE_SIZE = (224, 224)
+_UNPICKLER_REASON = re.compile(r"WeightsUnpickler error: ([^\n]*?)(?: was not an allowed global|\.?\s*(?:\n|$))")
+_ANSI_CODE = re.compile(r"\x1b\[[0-9;]*m")
 
 BatchWork = Callable[[torch.Tensor, int, int], "tuple[torch.Tensor, torch.Tensor]"]
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``, checked to exist."""
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from error
-    if resolved.type != "cuda":
-        return resolved
-    if not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but CUDA is not available here; use device='auto' or 'cpu'")
-    index = torch.cuda.current_device() if resolved.index is None else resolved.index
-    if index >= torch.cuda.device_count():
-        raise ValueError(f"device {device!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist")
-    return torch.device("cuda", index)
+    """``auto`` (a GPU when available, else CPU), ``cpu``, ``cuda`` (the current CUDA device) or ``cuda:N``, checked to exist.
+
+    The same resolver as ``--cnnaudit-device`` (:func:`cnnaudit.environment.resolve_device`); a
+    ``torch.device`` is taken by its string (``torch.device("cuda", 1)`` is ``"cuda:1"``).
+    """
+    return environment.torch_device(str(device) if isinstance(device, torch.device) else device, option="device")
 
 
 class Normalize:
@@ -94,11 +91,10 @@ def load_weights(path: str | PathLike[str], key: str | None = None) -> dict[str,
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise ValueError(
             f"{path} holds pickled Python objects, not only tensors, so it was not loaded (weights_only=True never "
             "runs code from a file). Save the weights alone: torch.save(model.state_dict(), path). "
-            f"torch said: {first_line}"
+            f"torch said: {_unpickling_reason(str(error))}"
         ) from error
     if key is not None:
         if not isinstance(loaded, dict) or key not in loaded:
@@ -110,6 +106,16 @@ def load_weights(path: str | PathLike[str], key: str | None = None) -> dict[str,
         hint = f"; it looks like a checkpoint, pick the weights with load_weights(path, key={nested[0]!r})" if nested else ""
         raise ValueError(f"{path} holds a {type(loaded).__name__}, not a state dict of name -> tensor{hint}")
     return loaded
+
+
+def _unpickling_reason(message: str) -> str:
+    """What the weights-only unpickler refused (``Unsupported global: GLOBAL module.Class``), without
+    torch's advice to load unsafely; else torch's first line with terminal colour codes removed."""
+    found = _UNPICKLER_REASON.search(message)
+    if found:
+        return found.group(1)
+    lines = _ANSI_CODE.sub("", message).strip().splitlines()
+    return lines[0].strip() if lines else ""
 
 
 def _describe(value: Any) -> str:
@@ -149,9 +155,10 @@ class Subject:
     ``subject.layer``). ``output``: for models returning a tuple / dict, the index, key or
     callable choosing the tensor that targets read. ``batch_size`` caps the images in one pass;
     on CUDA out-of-memory the pass is retried with half as many. ``cache``: keep recent maps so
-    a repeated request (same model state, layer, method, target and images) costs no pass
-    (see :mod:`cnnaudit.cache`); ``False`` turns it off, a :class:`~cnnaudit.cache.HeatmapCache`
-    sets its bounds. ``subject.cache`` is the cache (``None`` when off).
+    a repeated request (same model state, layer, method, target and images) costs no pass;
+    requests with a callable target are always computed (see :mod:`cnnaudit.cache`). ``False``
+    turns it off, a :class:`~cnnaudit.cache.HeatmapCache` sets its bounds. ``subject.cache`` is
+    the cache (``None`` when off).
     """
 
     def __init__(
@@ -313,9 +320,8 @@ class Subject:
             if self.classes is None:
                 raise ValueError(f"target {target!r} is a class name, but the subject has no names; pass Subject(classes=[...])")
             if target not in self.classes:
-                close = difflib.get_close_matches(target, self.classes, n=3)
-                hint = f"; close matches: {close}" if close else ""
-                raise ValueError(f"unknown class {target!r}{hint}; classes are {self.classes}")
+                close = layers_module.close_matches(target, self.classes)
+                raise ValueError(f"unknown class {target!r}{close}; classes are {self.classes}")
             return self.classes.index(target)
         raise TypeError(f"a class target must be an int index or a str name, got {type(target).__name__}")
 
@@ -323,7 +329,15 @@ class Subject:
     def gradcam(
         self, images: Any, target: Any = None, layer: str | nn.Module | None = None, method: str = "gradcam"
     ) -> Heatmaps:
-        """Grad-CAM-family heatmaps (``method`` in gradcam, gradcam++, xgradcam, layercam, hirescam, eigencam, scorecam)."""
+        """Grad-CAM-family heatmaps (``method`` in gradcam, gradcam++, xgradcam, layercam, hirescam, eigencam, scorecam).
+
+        ``target``: ``None`` (the predicted class), a class index or name, one of those per image,
+        or a callable. A callable target receives the model output for some rows and must return
+        one score per row, computed from that row alone: it sees one batch at a time without its
+        offset in the set, and for Score-CAM masked copies of one image, so it must not index
+        per-image data of the whole set. Its result is checked to be a 1-D tensor with one value
+        per row; its scores must be differentiable in the output (gradient methods).
+        """
         cam.check_method(method)
         with self.audit():
             given = images
@@ -342,7 +356,10 @@ class Subject:
     def saliency(
         self, images: Any, target: Any = None, method: str = "guided_backprop", layer: str | nn.Module | None = None
     ) -> Heatmaps:
-        """Input-gradient maps (``method`` in guided_backprop, deconvnet, guided_gradcam; ``layer`` for the latter)."""
+        """Input-gradient maps (``method`` in guided_backprop, deconvnet, guided_gradcam; ``layer`` for the latter).
+
+        ``target`` as for :meth:`gradcam` (the same contract for a callable target).
+        """
         if method not in guided.METHODS:
             raise ValueError(f"unknown saliency method {method!r}; choose one of {', '.join(guided.METHODS)}")
         with self.audit():
@@ -359,11 +376,31 @@ class Subject:
             ids=self._ids(images, count), subject=self,
         )
 
-    def maximize(self, layer: str, channels: Any, **kwargs: Any) -> Any:
-        """Activation maximisation; see :func:`cnnaudit.maximize.maximize`."""
+    def maximize(
+        self,
+        layer: str | nn.Module | None,
+        channels: Any = "all",
+        *,
+        objective: str = "channel",
+        steps: int = 128,
+        size: int = 128,
+        seed: int = 0,
+        param: str = "fourier",
+        schedule: str | None = None,
+        lr: float | None = None,
+        transforms: Transforms | str | None = None,
+        redirect_steps: int | None = None,
+        offset: tuple[int, int] = (0, 0),
+        batch_size: int | None = None,
+    ) -> Visualizations:
+        """Activation maximisation: ``cnnaudit.maximize.maximize(self, ...)``, see there for every argument."""
         from cnnaudit import maximize
 
-        return maximize.maximize(self, layer, channels, **kwargs)
+        return maximize.maximize(
+            self, layer, channels, objective=objective, steps=steps, size=size, seed=seed, param=param,
+            schedule=schedule, lr=lr, transforms=transforms, redirect_steps=redirect_steps, offset=offset,
+            batch_size=batch_size,
+        )
 
     # ---- batching -----------------------------------------------------------------------
     def _cached(self, what: tuple[str, str, str | None], target: Target, given: Any, compute: Callable[[], Cached]) -> Cached:
@@ -386,7 +423,11 @@ class Subject:
         """
         from cnnaudit.data import ImageSet
 
-        images = images if isinstance(images, ImageSet) else as_batch(images, keep_device=True, check_range=False)
+        if isinstance(images, ImageSet):
+            if len(images) == 0:
+                raise ValueError("got no images (an empty ImageSet: did a where() match nothing?); pass at least one image")
+            return images, len(images)
+        images = as_batch(images, keep_device=True, check_range=False)
         if len(images) == 0:
             raise ValueError("got no images; pass at least one image")
         return images, len(images)

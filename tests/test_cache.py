@@ -99,6 +99,27 @@ def test_every_part_of_the_request_is_in_the_key(tiny_cnn, images, variation) ->
     torch.testing.assert_close(changed.raw, subject_for(tiny_cnn, cache=False).gradcam(**request).raw)
 
 
+@pytest.mark.parametrize("kind", ["gradcam", "saliency"])
+def test_callable_targets_are_never_cached(tiny_cnn, images, kind) -> None:
+    """A closure is the same object after its captured data changed: its maps must be recomputed."""
+    passes = Passes(tiny_cnn)
+    weights = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0])
+
+    def weighted(out: torch.Tensor) -> torch.Tensor:
+        return out @ weights
+
+    subject = subject_for(tiny_cnn)
+    explain = subject.gradcam if kind == "gradcam" else subject.saliency
+    first = explain(images, target=weighted).raw
+    torch.testing.assert_close(first, explain(images, target=0).raw)
+    weights[:] = torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0])  # the same callable now scores class 3
+    calls = passes.count
+    changed = explain(images, target=weighted).raw
+    assert passes.count > calls and subject.cache.stats.entries == 1  # only the class-0 request was stored
+    torch.testing.assert_close(changed, explain(images, target=3).raw)
+    assert not torch.allclose(changed, first)
+
+
 def test_saliency_and_gradcam_are_kept_apart(tiny_cnn, images) -> None:
     subject = subject_for(tiny_cnn)
     cam = subject.gradcam(images, target=1)

@@ -162,6 +162,48 @@ def test_targets_by_name_index_sequence_and_callable(tiny_cnn, images16):
     assert predicted.targets.tolist() == tiny_cnn(images16).argmax(1).tolist()
 
 
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "scorecam"])
+def test_a_row_wise_callable_target_does_not_depend_on_the_batching(tiny_cnn, images16, method):
+    """The callable contract: one score per row from that row alone, so batch_size=1 (Score-CAM: one
+    masked copy per pass) and batch_size=4 (Score-CAM: 4 masked copies of one image per pass) agree."""
+
+    def log_probability_of_class_2(out: torch.Tensor) -> torch.Tensor:
+        return out[:, 2] - out.logsumexp(dim=1)
+
+    maps = [
+        ca.Subject(tiny_cnn, layer="features.2", device="cpu", batch_size=size, cache=False)
+        .gradcam(images16, target=log_probability_of_class_2, method=method).raw
+        for size in (1, 4)
+    ]
+    torch.testing.assert_close(maps[0], maps[1], rtol=1e-5, atol=1e-6)
+    assert maps[0].abs().amax() > 0
+
+
+@pytest.mark.parametrize("method", ["gradcam", "scorecam"])
+@pytest.mark.parametrize(
+    ("target", "got"),
+    [(lambda out: out[:, 2].sum(), r"got a tensor of shape \(\)"), (lambda out: out[:, 2].tolist(), "got a list"),
+     (lambda out: out, r"got a tensor of shape \(\d, 5\)")],
+    ids=["scalar", "list", "2-D"],
+)
+def test_a_callable_target_breaking_the_contract_is_refused(tiny_cnn, images16, method, target, got):
+    subject = ca.Subject(tiny_cnn, layer="features.2", device="cpu", batch_size=4)
+    with pytest.raises(ValueError, match=rf"must return one score per row, computed from that row alone: a 1-D tensor of shape \(\d\,\) here; {got}"):
+        subject.gradcam(images16, target=target, method=method)
+
+
+def test_scorecam_checks_the_callable_on_its_masked_copies_too(tiny_cnn, images16):
+    """features.2 has 6 channels: with batch_size=4 the masked copies of one image go in passes of 4 and 2."""
+
+    def only_right_for_four_rows(out: torch.Tensor) -> torch.Tensor:
+        return out[:, 2] if out.shape[0] == 4 else out[:, 2:4]
+
+    subject = ca.Subject(tiny_cnn, layer="features.2", device="cpu", batch_size=4)
+    subject.gradcam(images16, target=only_right_for_four_rows)  # the batch of 4 images is fine
+    with pytest.raises(ValueError, match=r"a 1-D tensor of shape \(2,\) here; got a tensor of shape \(2, 2\)"):
+        subject.gradcam(images16, target=only_right_for_four_rows, method="scorecam")
+
+
 def test_segmentation_callable_target_matches_plain_autograd():
     """A fully convolutional model; the target is the mean class-1 logit inside a mask."""
     torch.manual_seed(0)

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+import cnnaudit as ca
 from cnnaudit import hooks
 
 
@@ -130,9 +131,45 @@ def test_shared_module_non_tensor_output_and_unused_layer_are_clear_errors(resne
         pair(x)
 
     with hooks.record({"fc": tiny_cnn.fc}, start_graph=True) as recording:
-        tiny_cnn(images16)
+        output = tiny_cnn(images16)
     unrelated = images16.sum(dim=(1, 2, 3)).requires_grad_()
-    with pytest.raises(ValueError, match="does not depend on the recorded layer"):
+    with pytest.raises(ValueError, match="the recorded layer does not feed the model output"):
         hooks.gradient(unrelated * 2, recording["fc"])
-    with pytest.raises(ValueError, match="does not depend differentiably"):
+    with pytest.raises(ValueError, match="the recorded layer does not feed the model output"):
         hooks.gradient(images16.sum(dim=(1, 2, 3)), recording["fc"])
+    with pytest.raises(ValueError, match="not a differentiable function of the model output"):
+        hooks.gradient(output.argmax(1).float(), recording["fc"], output=output)
+    (g,) = hooks.gradient(output[:, 1], recording["fc"], output=output)
+    assert torch.equal(g, torch.eye(5)[1].expand(4, 5))
+
+
+class SideBranch(nn.Module):
+    """conv -> relu -> pool -> fc, plus a ``side`` conv that runs on the input and is dropped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.relu, self.side = nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.side(x)
+        return self.fc(self.relu(self.conv(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("method", ["gradcam", "guided_gradcam"])
+def test_a_layer_off_the_path_and_a_non_differentiable_callable_get_their_own_messages(images16, method):
+    torch.manual_seed(0)
+    subject = ca.Subject(SideBranch().eval(), device="cpu", cache=False)
+
+    def explain(layer: str, target) -> None:
+        if method == "gradcam":
+            subject.gradcam(images16, target=target, layer=layer)
+        else:
+            subject.saliency(images16, target=target, method=method, layer=layer)
+
+    for target in (1, None, lambda out: out[:, 1]):  # a class target, the predicted class, a good callable
+        with pytest.raises(ValueError, match=r"the recorded layer does not feed the model output .*pick a layer on the path"):
+            explain("side", target)
+    with pytest.raises(ValueError, match=r"not a differentiable function of the model output.*no argmax"):
+        explain("relu", lambda out: (out.argmax(1) == 1).float())
+    explain("relu", lambda out: out[:, 1])  # the same layer with a differentiable callable works

@@ -10,7 +10,7 @@ import torchvision
 from torch import nn
 
 import cnnaudit as ca
-from cnnaudit.layers import auto_layer, layer_inventory, resolve_layer
+from cnnaudit.layers import auto_layer, close_matches, layer_inventory, resolve_layer
 
 
 def test_resnet50_counts_match_the_extractor_article():
@@ -90,13 +90,22 @@ def test_auto_layer_skips_pooling_inside_blocks_and_logs_its_choice(caplog):
 
 def test_unknown_layer_lists_close_matches(torchvision_model):
     model = torchvision_model("resnet18")
-    with pytest.raises(KeyError, match=r"no layer named 'layer5'.*close matches: 'layer4', 'layer3', 'layer2', 'layer1'"):
+    with pytest.raises(KeyError, match=r"no layer named 'layer5' in the model \(did you mean 'layer4', 'layer3' or 'layer2'\?\)\. "):
         resolve_layer(model, "layer5")
     with pytest.raises(KeyError, match="'layer1.0.conv1'"):
         ca.Subject(model, layer="layer1.0.cnv1", device="cpu")
     with pytest.raises(KeyError, match="subject.layers()"):
         resolve_layer(model, "")
     assert resolve_layer(model, "layer2.1.bn2") is model.layer2[1].bn2
+
+
+def test_close_matches_is_the_one_suggestion_format():
+    """Layers, class names, regions and groups all suggest through this helper."""
+    assert close_matches("layer5", ["layer4", "fc"]) == " (did you mean 'layer4'?)"
+    assert close_matches("cat", ["cats", "cap", "bat", "dog"]) == " (did you mean 'cats', 'cap' or 'bat'?)"
+    assert close_matches("dgo", ["dog", "cat"]) == " (did you mean 'dog'?)"
+    assert close_matches("zebra", ["dog", "cat"]) == ""
+    assert close_matches("x", []) == ""
 
 
 def test_layer_may_be_given_as_a_module(tiny_cnn, images16):

@@ -222,7 +222,7 @@ def test_bad_input_gives_clear_errors() -> None:
         maximize(subject, "0", [0], objective="chanel")
     with pytest.raises(ValueError, match=r"channel 3 is out of range: the target has 1 channels"):
         maximize(subject, "0", [3], steps=1, size=16)
-    with pytest.raises(KeyError, match="close matches"):
+    with pytest.raises(KeyError, match="did you mean"):
         maximize(subject, "01", [0], steps=1, size=16)
     with pytest.raises(ValueError, match="param='pixel' with schedule='multiscale'"):
         maximize(subject, "0", [0], schedule="multiscale")

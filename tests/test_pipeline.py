@@ -77,6 +77,23 @@ def test_host_reads_per_call_do_not_grow_with_batches(tiny_cnn, explain, target)
     assert counts[2] == counts[12] and len(counts[12]) <= 4, counts
 
 
+@pytest.mark.parametrize("metric", ["mass_in", "enrichment"])
+def test_attention_metrics_read_their_values_back_once(metric) -> None:
+    """150 maps are 3 chunks of 64: the values are collected on the device and read back once."""
+    from cnnaudit import metrics
+    from cnnaudit.heatmaps import Heatmaps
+    from cnnaudit.regions import Regions
+
+    counts = {}
+    for n in (10, 150):
+        heatmaps = Heatmaps(torch.rand(n, 4, 4, generator=torch.Generator().manual_seed(0)), image_size=(8, 8), method="m")
+        regions = Regions([(0, 0, 4, 4)] * n, image_size=(8, 8))
+        with host_reads() as calls:
+            getattr(metrics, metric)(heatmaps, regions)
+        counts[n] = calls
+    assert counts[150] == counts[10] == ["cpu", "numpy"], counts  # one transfer: .cpu().numpy()
+
+
 def test_value_check_runs_on_the_device_and_reports_the_range_of_all_batches(tiny_cnn) -> None:
     x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     x[1, 0, 0, 0], x[4, 2, 3, 3] = -0.5, 1.5  # in different batches of 2

@@ -162,11 +162,11 @@ def test_memory_is_flat_over_100_calls(tiny_cnn, images16):
 
 def test_clear_errors_for_bad_input(tiny_cnn, images16):
     subject = ca.Subject(tiny_cnn, layer="features.2", classes=["cat", "dog", "bird", "fish", "frog"], device="cpu")
-    with pytest.raises(KeyError, match="no layer named 'features.3x' in the model; close matches: 'features.3', "):
+    with pytest.raises(KeyError, match=r"no layer named 'features.3x' in the model \(did you mean 'features.3', "):
         subject.gradcam(images16, layer="features.3x")
     with pytest.raises(ValueError, match="got 3 targets for 4 images"):
         subject.gradcam(images16, target=[0, 1, 2])
-    with pytest.raises(ValueError, match=r"unknown class 'dgo'; close matches: \['dog'\]"):
+    with pytest.raises(ValueError, match=r"unknown class 'dgo' \(did you mean 'dog'\?\); classes are \['cat', "):
         subject.gradcam(images16, target="dgo")
     with pytest.raises(ValueError, match="class index 7 is out of range"):
         subject.gradcam(images16, target=7)
@@ -174,6 +174,8 @@ def test_clear_errors_for_bad_input(tiny_cnn, images16):
         subject.gradcam(images16[:, :1])
     with pytest.raises(ValueError, match="channels-last"):
         subject.gradcam(images16.permute(0, 2, 3, 1))
+    with pytest.raises(ValueError, match=r"uint8 array of shape \(4, 3, 16, 16\) \(channels-first\? permute it to \(\.\.\., H, W, 3\)"):
+        subject.gradcam((images16 * 255).to(torch.uint8))
     with pytest.raises(ValueError, match="dtype torch.int64"):
         subject.gradcam((images16 * 255).long())
     with pytest.raises(ValueError, match=r"in \[0,1\].*normalize"):
@@ -182,12 +184,15 @@ def test_clear_errors_for_bad_input(tiny_cnn, images16):
         subject.gradcam(images16, layer="fc")
     with pytest.raises(ValueError, match=r"unknown CAM method 'gradcam\+'; choose one of gradcam, gradcam\+\+, xgradcam"):
         subject.gradcam(images16, method="gradcam+")
-    with pytest.raises(ValueError, match=r"one score per image, shape \(4,\)"):
+    with pytest.raises(ValueError, match="one score per row, computed from that row alone"):
         subject.gradcam(images16, target=lambda out: out)
-    with pytest.raises(ValueError, match="does not depend differentiably"):
+    with pytest.raises(ValueError, match="not a differentiable function of the model output"):
         subject.gradcam(images16, target=lambda out: out.argmax(1).float())
-    with pytest.raises(ValueError, match="got no images"):
+    with pytest.raises(ValueError, match="got no images; pass at least one image"):
         subject.gradcam(images16[:0])
+    people = ca.ImageSet(images16, labels=["a", "b", "a", "b"])
+    with pytest.raises(ValueError, match=r"got no images \(an empty ImageSet: did a where\(\) match nothing\?\)"):
+        subject.gradcam(people.where(label="c"))
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
         ca.Subject(tiny_cnn, batch_size=0)
     with pytest.raises(TypeError, match="needs a torch.nn.Module"):
@@ -207,14 +212,29 @@ def test_devices():
     model = nn.Conv2d(3, 1, 1)
     assert ca.Subject(model, device="auto").device == torch.device("cuda" if torch.cuda.is_available() else "cpu")
     assert ca.Subject(model, device="cpu").device == torch.device("cpu")
-    with pytest.raises(ValueError, match="device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"):
+    assert ca.Subject(model, device=torch.device("cpu")).device == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"device='gpu0' is not a device; use auto, cpu, cuda or cuda:N"):
         ca.Subject(model, device="gpu0")
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA is not available"):
+        with pytest.raises(ValueError, match=r"device='cuda:0' but CUDA is not available to torch here; use device='auto'"):
             ca.Subject(model, device="cuda:0")
     else:
-        with pytest.raises(ValueError, match="CUDA device"):
-            ca.Subject(model, device=f"cuda:{torch.cuda.device_count()}")
+        assert ca.Subject(model, device="cuda").device == torch.device("cuda", torch.cuda.current_device())
+        count = torch.cuda.device_count()
+        with pytest.raises(ValueError, match=rf"device='cuda:{count}' but torch sees {count} GPU\(s\)"):
+            ca.Subject(model, device=f"cuda:{count}")
+
+
+def test_subject_and_plugin_share_one_device_resolver(monkeypatch):
+    """Subject(device=...) goes through environment.resolve_device: 'cuda' is the current GPU outside xdist."""
+    from cnnaudit import environment
+
+    assert environment.resolve_device("cuda", cuda_available=True, device_count=4, current=2) == "cuda:2"
+    assert environment.resolve_device("auto", cuda_available=True, device_count=4, current=2, worker=1) == "cuda:1"
+    seen = []
+    monkeypatch.setattr(environment, "resolve_device", lambda spec, **kwargs: seen.append((spec, kwargs["option"])) or "cpu")
+    assert ca.Subject(nn.Conv2d(3, 1, 1), device=torch.device("cuda", 1)).device == torch.device("cpu")
+    assert seen == [("cuda:1", "device")]
 
 
 def test_identity_is_stable_and_follows_the_weights(tiny_cnn):
@@ -255,8 +275,11 @@ def test_load_weights(tmp_path, tiny_cnn):
     assert set(ca.load_weights(path, key="state_dict")) == set(tiny_cnn.state_dict())
 
     torch.save({"w": Pickled(1)}, path)
-    with pytest.raises(ValueError, match="holds pickled Python objects.*never runs code"):
+    with pytest.raises(ValueError, match="holds pickled Python objects.*never runs code") as refused:
         ca.load_weights(path)
+    message = str(refused.value)
+    assert message.endswith(f"torch said: Unsupported global: GLOBAL {__name__}.Pickled"), message
+    assert "\x1b" not in message and "weights_only=False" not in message
     torch.save([torch.zeros(1)], path)
     with pytest.raises(ValueError, match="holds a list, not a state dict"):
         ca.load_weights(path)
@@ -272,11 +295,18 @@ def test_imageset_ids_and_streaming(tiny_cnn, images16):
     assert heatmaps.overlay(2).shape == (16, 16, 3)
 
 
-def test_maximize_delegates(monkeypatch, tiny_cnn):
+def test_maximize_delegates_with_the_functions_signature(monkeypatch, tiny_cnn):
+    import inspect
+
     import cnnaudit.maximize as maximize_package
 
+    method = list(inspect.signature(ca.Subject.maximize).parameters.values())[1:]  # without self
+    function = list(inspect.signature(maximize_package.maximize).parameters.values())[1:]  # without subject
+    assert [(p.name, p.kind, p.default) for p in method] == [(p.name, p.kind, p.default) for p in function]
     calls = []
     monkeypatch.setattr(maximize_package, "maximize", lambda *args, **kwargs: calls.append((args, kwargs)) or "vis", raising=False)
     subject = ca.Subject(tiny_cnn, device="cpu")
-    assert subject.maximize("features.0", [0, 1], steps=3) == "vis"
-    assert calls == [((subject, "features.0", [0, 1]), {"steps": 3})]
+    assert subject.maximize("features.0", steps=3) == "vis"
+    (args, kwargs), = calls
+    assert args == (subject, "features.0", "all")
+    assert kwargs == {p.name: 3 if p.name == "steps" else p.default for p in function[2:]}

@@ -60,7 +60,7 @@ def test_filter_grid_grey_for_deeper_layers_and_errors() -> None:
     assert grid[2, 2].tolist() == [128, 128, 128] and grid[2, 36].tolist() == [255, 255, 255]
     with pytest.raises(ValueError, match="no 4-D conv weight"):
         filter_grid(subject, "1")
-    with pytest.raises(KeyError, match="close matches"):
+    with pytest.raises(KeyError, match="did you mean"):
         filter_grid(model, "01")
 
 

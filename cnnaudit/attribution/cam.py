@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnaudit import hooks
-from cnnaudit.attribution.targets import Target, select_scores
+from cnnaudit.attribution.targets import Target, score_rows, select_scores
 
 if TYPE_CHECKING:
     from cnnaudit.subject import Subject
@@ -146,7 +146,7 @@ def cam_batch(
     A = _feature_map(recording, layer)
     scores, indices = select_scores(target, output, start)
     if needs_gradient:
-        (dA,) = hooks.gradient(scores, A)
+        (dA,) = hooks.gradient(scores, A, output=output)
         return GRADIENT_METHODS[method](A.detach(), dA), indices
     if method == "eigencam":
         return eigencam(A), indices
@@ -170,7 +170,7 @@ def _masked_scores(
         for k in range(0, A.shape[1], limit):
             output = subject.forward(model_input[n : n + 1] * scorecam_masks(A[n, k : k + limit], size))
             if target.function is not None:
-                chunks.append(target.function(output))
+                chunks.append(score_rows(target.function, output))
             else:
                 chunks.append(output.index_select(1, indices[n : n + 1])[:, 0])  # a slice: no host read
         rows.append(torch.cat(chunks))

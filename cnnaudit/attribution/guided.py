@@ -128,7 +128,7 @@ def saliency_batch(
         output = subject.logits(image)
     _check_relus_seen(subject.model, mode)
     scores, indices = select_scores(target, output, start)
-    (gradient,) = hooks.gradient(scores, image)
+    (gradient,) = hooks.gradient(scores, image, output=output)
     raw = gradient.abs().amax(dim=1)
     if method == "guided_gradcam":
         assert layer is not None

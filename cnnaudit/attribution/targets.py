@@ -5,9 +5,16 @@ A target is one of
 * ``None`` — the predicted class (argmax of the output) of each image;
 * an ``int`` class index or a ``str`` class name (``Subject(classes=...)``), the same for every image;
 * a sequence (list, tuple, numpy array, 1-D tensor) of indices / names, one per image;
-* a callable ``f(output) -> (N,)`` scores, one per image, computed differentiably from the model
-  output (after the subject's output selector) — e.g. the mean logit of class ``c`` inside a
-  mask for a segmentation model: ``lambda out: (out[:, c] * mask).sum((1, 2)) / mask.sum()``.
+* a callable ``f(output) -> (B,)`` scores computed differentiably from the model output (after
+  the subject's output selector) — e.g. the mean logit of class ``c`` inside a mask for a
+  segmentation model: ``lambda out: (out[:, c] * mask).sum((1, 2)) / mask.sum()``.
+
+The contract of a callable target (:data:`CALLABLE_CONTRACT`): it receives the model output for
+*some rows* and must return one score per row, computed from that row alone. The rows are one
+batch of images, without its offset in the set (Grad-CAM family, saliency), or masked copies of
+ONE image (Score-CAM), so a callable that indexes per-image data of the whole set (a mask per
+image, labels) would silently read the wrong image's data. :func:`score_rows` checks the part
+that can be checked: a 1-D tensor with one value per row.
 
 Class scores are the model's output *before* softmax (the Grad-CAM convention).
 """
@@ -21,6 +28,10 @@ import numpy as np
 import torch
 
 ScoreFunction = Callable[[torch.Tensor], torch.Tensor]
+CALLABLE_CONTRACT = (
+    "a callable target receives the model output for some rows (a batch of images, or for Score-CAM "
+    "masked copies of one image) and must return one score per row, computed from that row alone"
+)
 
 
 @dataclass(frozen=True)
@@ -71,11 +82,7 @@ def select_scores(target: Target, output: torch.Tensor, start: int) -> tuple[tor
     """
     batch = output.shape[0]
     if target.function is not None:
-        scores = target.function(output)
-        if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != (batch,):
-            shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
-            raise ValueError(f"a callable target must return one score per image, shape ({batch},); got {shape}")
-        return scores, torch.full((batch,), -1, dtype=torch.int64, device=output.device)
+        return score_rows(target.function, output), torch.full((batch,), -1, dtype=torch.int64, device=output.device)
     if output.ndim != 2:
         raise ValueError(
             f"a class target needs a model output shaped (N, classes), got {tuple(output.shape)}; "
@@ -89,3 +96,13 @@ def select_scores(target: Target, output: torch.Tensor, start: int) -> tuple[tor
             raise ValueError(f"class index {target.highest} is out of range for a model with {output.shape[1]} outputs")
         indices = target.indices[start : start + batch].to(output.device, non_blocking=True)
     return output.gather(1, indices[:, None])[:, 0], indices
+
+
+def score_rows(function: ScoreFunction, output: torch.Tensor) -> torch.Tensor:
+    """``function(output)``, checked to be a 1-D tensor with one score per row of ``output`` (see the module docstring)."""
+    rows = output.shape[0]
+    scores = function(output)
+    if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != (rows,):
+        got = f"a tensor of shape {tuple(scores.shape)}" if isinstance(scores, torch.Tensor) else f"a {type(scores).__name__}"
+        raise ValueError(f"{CALLABLE_CONTRACT}: a 1-D tensor of shape ({rows},) here; got {got}")
+    return scores
