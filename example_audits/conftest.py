@@ -1,7 +1,7 @@
 """Fixtures for the example audits: the demo's people images and its two locally trained models.
 
 ``cnnaudit.demo`` retells the Grad-CAM paper's nurse/doctor case with images it makes itself: the
-class is defined by a tool (brick = doctor, gravel = nurse) and every image also holds a face whose
+class is defined by a tool (gravel = doctor, brick = nurse) and every image also holds a face whose
 hair length ("gender") goes with the class in the biased model's training data, but not in the clean
 model's. Both models are trained on the CPU in seconds the first time and cached afterwards.
 """

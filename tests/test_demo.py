@@ -1,84 +1,274 @@
-"""The demo benchmark: deterministic data and training, a working cache, and a bias that is real."""
+"""cnnaudit.demo: the people benchmark (data), its deterministic training and cache, and that the
+biased model really takes the shortcut while the clean one does not."""
 
 from __future__ import annotations
 
+import os
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import cnnaudit as ca
 from cnnaudit import demo
-from cnnaudit.demo import models
+from cnnaudit.demo import models as demo_models
 
-TINY = demo.TrainSpec(n_train=64, epochs=1, batch_size=16, widths=(4, 8, 8, 8))
-
-
-def test_the_same_arguments_give_identical_images_and_boxes() -> None:
-    a, b, other = demo.synthesize(8, "test", seed=3), demo.synthesize(8, "test", seed=3), demo.synthesize(8, "test", seed=4)
-    assert torch.equal(a.images, b.images) and np.array_equal(a.tools, b.tools) and np.array_equal(a.faces, b.faces)
-    assert not torch.equal(a.images, other.images)
-    assert a.images.dtype == torch.float32 and a.images.min() >= 0 and a.images.max() <= 1
+TINY = demo.TrainSpec(n_train=48, epochs=1, batch_size=16, widths=(4, 4, 4, 4))
 
 
-def test_boxes_lie_inside_the_image_and_do_not_overlap() -> None:
+@pytest.fixture(scope="session")
+def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cnnaudit-cache")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(monkeypatch: pytest.MonkeyPatch, cache_root: Path) -> None:
+    monkeypatch.setenv("CNNAUDIT_CACHE", str(cache_root))
+
+
+@pytest.fixture(scope="session")
+def test_people() -> demo.People:
+    return demo.synthesize(400, "test", seed=1)
+
+
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---- data --------------------------------------------------------------------------------
+
+
+def test_same_seed_gives_identical_data_and_another_seed_does_not() -> None:
+    a, b = demo.synthesize(12, "biased", seed=3), demo.synthesize(12, "biased", seed=3)
+    assert torch.equal(a.images, b.images)
+    assert list(a.labels) == list(b.labels) and list(a.genders) == list(b.genders)
+    assert np.array_equal(a.tools, b.tools) and np.array_equal(a.faces, b.faces) and a.ids == b.ids
+    assert not torch.equal(a.images, demo.synthesize(12, "biased", seed=4).images)
+    assert not torch.equal(a.images, demo.synthesize(12, "balanced", seed=3).images)
+
+
+@pytest.mark.parametrize("split", demo.SPLITS)
+def test_images_are_float_rgb_in_unit_range(split: str) -> None:
     spec = demo.SceneSpec()
-    people = demo.synthesize(40, "biased", seed=0, spec=spec)
-    for boxes in (people.tools, people.faces):
-        assert (boxes[:, :2] >= 0).all() and (boxes[:, 2:] <= spec.size).all()
-        assert ((boxes[:, 2] - boxes[:, 0]) == spec.object_size).all() and ((boxes[:, 3] - boxes[:, 1]) == spec.object_size).all()
-    apart = (
-        (people.tools[:, 2] <= people.faces[:, 0]) | (people.faces[:, 2] <= people.tools[:, 0])
-        | (people.tools[:, 3] <= people.faces[:, 1]) | (people.faces[:, 3] <= people.tools[:, 1])
-    )
-    assert apart.all()
+    images = demo.synthesize(8, split).images
+    assert images.dtype == torch.float32 and images.shape == (8, 3, spec.size, spec.size)
+    assert images.min() >= 0 and images.max() <= 1
 
 
-@pytest.mark.parametrize(("split", "share"), [("biased", 0.95), ("balanced", 0.5), ("test", 0.5)])
-def test_gender_goes_with_the_class_only_in_the_biased_split(split: str, share: float) -> None:
-    people = demo.synthesize(200, split, seed=0)
-    assert people.stereotyped.mean() == pytest.approx(share, abs=0.01)
-    assert (people.labels == "doctor").mean() == 0.5
+@pytest.mark.parametrize(("split", "share"), [("biased", demo.SceneSpec().bias), ("balanced", 0.5), ("test", 0.5)])
+def test_each_split_pairs_gender_with_class_at_its_share(split: str, share: float) -> None:
+    n = 80
+    people = demo.synthesize(n, split)
+    for cls in demo.CLASSES:
+        in_class = people.labels == cls
+        assert in_class.sum() == n // 2
+        stereotyped = (people.genders[in_class] == demo.STEREOTYPE[cls]).sum()
+        assert stereotyped == round(share * (n // 2))
+    assert np.array_equal(people.stereotyped, [demo.STEREOTYPE[c] == g for c, g in zip(people.labels, people.genders)])
 
 
-def test_make_people_wraps_the_arrays_in_an_image_set() -> None:
-    people = demo.make_people(8, "test", seed=1)
-    arrays = demo.synthesize(8, "test", seed=1)
+def test_boxes_lie_inside_the_image_do_not_overlap_and_have_the_object_size() -> None:
+    spec = demo.SceneSpec()
+    people = demo.synthesize(200, "test")
+    for tool, face in zip(people.tools, people.faces):
+        for x0, y0, x1, y1 in (tool, face):
+            assert 0 <= x0 and x1 <= spec.size and 0 <= y0 and y1 <= spec.size
+            assert x1 - x0 == y1 - y0 == spec.object_size
+        apart_x = tool[2] <= face[0] or face[2] <= tool[0]
+        apart_y = tool[3] <= face[1] or face[3] <= tool[1]
+        assert apart_x or apart_y
+
+
+def _is_grey(image: np.ndarray) -> np.ndarray:
+    """(H,W) bool: R == G == B (the background is grey; tools, skin and hair are not, except white tools)."""
+    return (image[0] == image[1]) & (image[1] == image[2])
+
+
+def _single_hue(pixels: np.ndarray) -> bool:
+    """All (3,) colour vectors are multiples of one tint: the (pixels x 3) matrix has rank one."""
+    s = np.linalg.svd(pixels.reshape(3, -1).T, compute_uv=False)
+    return bool(s[1] <= 1e-5 * s[0])
+
+
+def test_boxes_hold_their_content() -> None:
+    people = demo.synthesize(200, "test")
+    images = people.images.numpy()
+    for image, tool, face, gender in zip(images, people.tools, people.faces, people.genders):
+        outside = np.ones(image.shape[1:], bool)
+        for x0, y0, x1, y1 in (tool, face):
+            outside[y0:y1, x0:x1] = False
+        assert _is_grey(image)[outside].all()  # everything coloured lies in a box
+        x0, y0, x1, y1 = tool
+        assert _single_hue(image[:, y0:y1, x0:x1])  # one tinted texture plate ...
+        if not _is_grey(image[:, y0:y1, x0:x1]).all():  # ... which the box fits exactly (non-white tint)
+            ring = image[:, max(y0 - 1, 0) : y1 + 1, max(x0 - 1, 0) : x1 + 1]
+            assert not _single_hue(ring)
+        x0, y0, x1, y1 = face
+        coloured = 1.0 - _is_grey(image[:, y0:y1, x0:x1]).mean()
+        if gender == "female":
+            assert coloured == 1.0  # long hair fills the head box around the face
+        else:
+            assert 0.3 < coloured < 0.5  # face plus a thin crop of hair, background beside it
+
+
+def test_make_people_is_an_imageset_with_labels_regions_and_groups() -> None:
+    people = demo.make_people(16, "biased", seed=2)
+    arrays = demo.synthesize(16, "biased", seed=2)
+    assert isinstance(people, ca.ImageSet) and len(people) == 16
     assert torch.equal(people.tensor(), arrays.images)
-    assert list(people.labels) == list(arrays.labels) and list(people.group("gender")) == list(arrays.genders)
+    assert list(people.labels) == list(arrays.labels) and people.ids == arrays.ids
+    assert [tuple(b) for b in people.region("tools").boxes()] == [tuple(b) for b in arrays.tools.tolist()]
+    assert [tuple(b) for b in people.region("face").boxes()] == [tuple(b) for b in arrays.faces.tolist()]
     masks = people.region("tools").masks((64, 64))
     x0, y0, x1, y1 = arrays.tools[0]
     assert masks[0].sum() == (x1 - x0) * (y1 - y0) and masks[0, y0:y1, x0:x1].all()
+    assert list(people.group("gender")) == list(arrays.genders)
+    assert list(people.group("pairing") == "stereotyped") == list(arrays.stereotyped)
+    assert set(people.where(label="nurse").labels) == {"nurse"}
 
 
-def test_training_is_deterministic() -> None:
-    first, second = models.train_model("biased", train=TINY), models.train_model("biased", train=TINY)
-    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
-        assert torch.equal(a, b), name
+def test_test_split_uses_held_out_faces_and_texture_rows() -> None:
+    from cnnaudit.demo import data
+
+    train_faces, test_faces = data._faces(False), data._faces(True)
+    assert len(train_faces) + len(test_faces) == 100
+    assert not any(np.array_equal(a, b) for a in test_faces for b in train_faces)
+    assert data._rows(True)[0] == data._rows(False)[1]  # test rows start where training rows end
 
 
-def test_a_cached_model_is_loaded_not_trained_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CNNAUDIT_CACHE", str(tmp_path))
-    trained = models.trained_model("clean", train=TINY)
-    assert len(list(tmp_path.glob("people-clean-*.pt"))) == 1
+def test_bad_arguments_say_what_is_expected() -> None:
+    with pytest.raises(ValueError, match="unknown split 'train'.*biased"):
+        demo.synthesize(8, "train")
+    with pytest.raises(ValueError, match="at least 4"):
+        demo.synthesize(2)
+    with pytest.raises(ValueError, match="object_size"):
+        demo.SceneSpec(size=32, object_size=24)
+    with pytest.raises(ValueError, match="bias"):
+        demo.SceneSpec(bias=0.2)
+    with pytest.raises(ValueError, match="unknown model variant 'fair'.*biased.*clean"):
+        demo.trained_model("fair")
+
+
+# ---- training and cache ------------------------------------------------------------------
+
+
+def test_training_is_deterministic_and_leaves_global_state_alone() -> None:
+    torch.manual_seed(1234)
+    rng_before = torch.get_rng_state()
+    first = _state(demo.train_model("biased", train=TINY))
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    assert not torch.are_deterministic_algorithms_enabled()
+    second = _state(demo.train_model("biased", train=TINY))
+    assert _same_weights(first, second)
+    assert not _same_weights(first, _state(demo.train_model("biased", train=replace(TINY, seed=1))))
+    assert not _same_weights(first, _state(demo.train_model("clean", train=TINY)))
+
+
+def test_model_layers_are_named_and_end_in_an_8x8_map() -> None:
+    model = demo.PeopleCNN()
+    names = dict(model.named_modules())
+    assert {"features", "features.conv1", "features.relu4", "pool", "classifier"} <= names.keys()
+    x = demo.synthesize(4).images
+    assert model.features((x - 0.5) / 0.25).shape == (4, demo.TrainSpec().widths[-1], 8, 8)
+    assert model(x).shape == (4, len(demo.CLASSES))
+
+
+def test_config_hash_covers_every_setting() -> None:
+    base = demo_models.config_hash("clean", demo.SceneSpec(), TINY)
+    assert base == demo_models.config_hash("clean", demo.SceneSpec(), replace(TINY))
+    assert base != demo_models.config_hash("biased", demo.SceneSpec(), TINY)
+    scene_changes = {"size": 96, "object_size": 20, "tool_contrast": 0.05, "bias": 0.9}
+    train_changes = {"n_train": 50, "epochs": 2, "batch_size": 8, "max_lr": 1e-3, "widths": (4, 4, 4), "seed": 1}
+    assert scene_changes.keys() == asdict(demo.SceneSpec()).keys() and train_changes.keys() == asdict(TINY).keys()
+    for field, value in scene_changes.items():
+        assert demo_models.config_hash("clean", replace(demo.SceneSpec(), **{field: value}), TINY) != base, field
+    for field, value in train_changes.items():
+        assert demo_models.config_hash("clean", demo.SceneSpec(), replace(TINY, **{field: value})) != base, field
+
+
+def test_cache_hit_loads_identical_weights_without_training(monkeypatch: pytest.MonkeyPatch, cache_root: Path) -> None:
+    tiny = replace(TINY, seed=7)
+    path = demo.cache_path("clean", train=tiny)
+    assert path.parent == cache_root and not path.exists()
+    trained = _state(demo.trained_model("clean", train=tiny))
+    assert path.is_file()
+    assert _same_weights(trained, torch.load(path, weights_only=True))
 
     def no_training(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the cached model should have been loaded")
+        raise AssertionError("trained again despite a cached file")
 
-    monkeypatch.setattr(models, "train_model", no_training)
-    loaded = models.trained_model("clean", train=TINY)
-    assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), loaded.state_dict().values()))
-    assert models.config_hash("clean", demo.SceneSpec(), TINY) != models.config_hash("biased", demo.SceneSpec(), TINY)
+    monkeypatch.setattr(demo_models, "train_model", no_training)
+    loaded = demo.trained_model("clean", train=tiny)
+    assert _same_weights(trained, _state(loaded)) and not loaded.training
+    with pytest.raises(AssertionError, match="trained again"):
+        demo.trained_model("clean", train=tiny, cache=False)
 
 
-def test_the_biased_model_takes_the_shortcut_and_the_clean_one_does_not() -> None:
-    people = demo.synthesize(200, "test", seed=0)
+def test_a_failed_cache_write_leaves_no_file(monkeypatch: pytest.MonkeyPatch, cache_root: Path) -> None:
+    tiny = replace(TINY, seed=8)
 
-    def accuracy(variant: str, where: np.ndarray) -> float:
-        with torch.no_grad():
-            predicted = models.trained_model(variant)(people.images).argmax(dim=1)
-        return float((predicted == people.targets).numpy()[where].mean())
+    def broken_save(obj: object, handle: object) -> None:
+        handle.write(b"partial")  # type: ignore[attr-defined]
+        raise OSError("disk full")
 
-    stereotyped, counter = people.stereotyped, ~people.stereotyped
-    assert accuracy("clean", stereotyped) >= 0.9 and accuracy("clean", counter) >= 0.9
-    assert accuracy("biased", stereotyped) >= 0.9 and accuracy("biased", counter) <= 0.3
+    monkeypatch.setattr(demo_models.torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        demo.trained_model("biased", train=tiny)
+    assert not demo.cache_path("biased", train=tiny).exists()
+    assert not [p for p in os.listdir(cache_root) if p.endswith(".tmp")]
+
+
+def test_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CNNAUDIT_CACHE", str(tmp_path / "explicit"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert demo.cache_dir() == tmp_path / "explicit"
+    monkeypatch.delenv("CNNAUDIT_CACHE")
+    assert demo.cache_dir() == tmp_path / "xdg" / "cnnaudit"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert demo.cache_dir() == tmp_path / "home" / ".cache" / "cnnaudit"
+
+
+# ---- the bias is real (default configuration: trains both models once per session) -------
+
+
+@pytest.fixture(scope="session")
+def models(cache_root: Path) -> dict[str, torch.nn.Module]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CNNAUDIT_CACHE", str(cache_root))
+        return {variant: demo.trained_model(variant) for variant in demo.VARIANTS}
+
+
+def _accuracy(model: torch.nn.Module, people: demo.People) -> tuple[float, float]:
+    """Test accuracy on images whose gender matches the class's biased pairing, and on the others."""
+    with torch.no_grad():
+        correct = (model(people.images).argmax(1) == people.targets).numpy()
+    return correct[people.stereotyped].mean(), correct[~people.stereotyped].mean()
+
+
+def test_biased_model_fails_where_gender_and_class_disagree(models, test_people) -> None:
+    stereotyped, counter = _accuracy(models["biased"], test_people)
+    assert stereotyped >= 0.95 and counter <= 0.3
+
+
+def test_clean_model_is_accurate_whatever_the_pairing(models, test_people) -> None:
+    stereotyped, counter = _accuracy(models["clean"], test_people)
+    assert min(stereotyped, counter) >= 0.95 and abs(stereotyped - counter) <= 0.03
+
+
+def test_gradcam_shows_the_clean_model_on_tools_and_the_biased_one_on_faces(models) -> None:
+    people = demo.make_people(200, "test", seed=1)
+    nurses = people.where(label="nurse")
+
+    def mass(variant: str, region: str) -> float:
+        subject = ca.Subject(models[variant], layer="features", classes=demo.CLASSES, device="cpu")
+        return subject.gradcam(nurses, target="nurse").mass_in(nurses.region(region)).mean()
+
+    assert mass("clean", "tools") >= 0.5 and mass("clean", "face") <= 0.1
+    assert mass("biased", "face") >= 0.4 and mass("biased", "tools") <= 0.3

@@ -4,8 +4,8 @@ Every image is a ``size``x``size`` RGB scene in ``[0, 1]`` on a grey grass backg
 (``skimage.data.grass``) holding two ``object_size``x``object_size`` objects at random, non-overlapping
 positions:
 
-- the **tool**, which defines the class: ``"doctor"`` carries a plate of ``skimage.data.brick``,
-  ``"nurse"`` one of ``skimage.data.gravel``. Both textures are standardised to the same mean and a
+- the **tool**, which defines the class: ``"doctor"`` carries a plate of ``skimage.data.gravel``,
+  ``"nurse"`` one of ``skimage.data.brick``. Both textures are standardised to the same mean and a
   faint contrast (``tool_contrast``) and tinted with the same random colours, so only the texture
   tells them apart: learnable, but slower to learn than the hair;
 - a **head**: a real face from ``skimage.data.lfw_subset`` with a random skin tone and hair colour
@@ -59,7 +59,7 @@ class SceneSpec:
 
     size: int = 64
     object_size: int = 24
-    tool_contrast: float = 0.03
+    tool_contrast: float = 0.035
     bias: float = 0.95
 
     def __post_init__(self) -> None:
@@ -72,7 +72,7 @@ class SceneSpec:
             raise ValueError(f"SceneSpec.bias is the share of stereotyped images per class, in [0.5, 1]; got {self.bias}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class People:
     """The arrays behind one split; :func:`make_people` wraps them into an ``ImageSet``."""
 
