@@ -252,6 +252,18 @@ class Subject:
         """preprocess + forward + output selector for ``[0,1]`` images ``(N,3,H,W)`` on the device."""
         return self.forward(self.prepare(x))
 
+    def predict(self, images: Any) -> torch.Tensor:
+        """The selected model output (e.g. logits ``(N, K)``) for ``images``, on the device.
+
+        Batched by ``batch_size``, in eval mode and without gradients inside :meth:`audit`, so a
+        model left in training mode still gives its eval-mode answer and is restored afterwards.
+        """
+        from cnnaudit.data import ImageSet
+
+        images = images if isinstance(images, ImageSet) else as_batch(images)
+        with self.audit(), torch.no_grad():
+            return torch.cat([self.logits(batch.to(self.device)) for _, batch in self._batches(images)])
+
     def select_output(self, output: Any) -> torch.Tensor:
         """The tensor targets read from the raw model output (see ``Subject(output=...)``)."""
         if self.output is None:

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 import cnnaudit as ca
 
 
 def correct(subject: ca.Subject, images: ca.ImageSet) -> ca.Scores:
     """1.0 where the model's predicted class is the image's label, else 0.0."""
-    with torch.no_grad():
-        logits = subject.logits(images.tensor().to(subject.device))
-    predicted = np.asarray(subject.classes)[logits.argmax(dim=1).cpu().numpy()]
+    predicted = np.asarray(subject.classes)[subject.predict(images).argmax(dim=1).cpu().numpy()]
     return ca.Scores((predicted == images.labels).astype(float), "correct", ids=images.ids)
 
 

@@ -310,3 +310,17 @@ def test_maximize_delegates_with_the_functions_signature(monkeypatch, tiny_cnn):
     (args, kwargs), = calls
     assert args == (subject, "features.0", "all")
     assert kwargs == {p.name: 3 if p.name == "steps" else p.default for p in function[2:]}
+
+
+def test_predict_is_batched_in_eval_mode_and_leaves_training_mode_alone(images16):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Dropout(0.9), nn.AdaptiveAvgPool2d(1), nn.Flatten()).train()
+    subject = ca.Subject(model, device="cpu", batch_size=3)  # 4 images: two batches
+    predicted = subject.predict(images16)
+    assert model.training and model[1].training  # restored to how it was found
+    with torch.no_grad():
+        expected = model.eval()(images16)
+    model.train()
+    torch.testing.assert_close(predicted, expected)  # dropout off: the eval-mode answer
+    assert not predicted.requires_grad
+    torch.testing.assert_close(subject.predict(ca.ImageSet(images16)), expected)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from cnnaudit.demo.data import CLASSES, make_people
 from cnnaudit.demo.models import trained_model
@@ -24,8 +23,7 @@ def main() -> None:
     for variant in ("clean", "biased"):
         subject = Subject(trained_model(variant), layer="features", classes=list(CLASSES), device="cpu")
         heatmaps = subject.gradcam(people)
-        with torch.no_grad():
-            predicted = np.asarray(CLASSES)[subject.logits(people.tensor()).argmax(dim=1).numpy()]
+        predicted = np.asarray(CLASSES)[subject.predict(people).argmax(dim=1).cpu().numpy()]
         correct = Scores((predicted == people.labels).astype(float), "correct", ids=people.ids)
         split = f"{correct.where(pairing == 'stereotyped').mean():.2f} / {correct.where(pairing == 'counter').mean():.2f}"
         print(
