@@ -11,12 +11,13 @@ map scores chance level, not a hit).
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from scipy import ndimage, stats
+from scipy import stats
 from scipy.integrate import trapezoid
 from skimage import measure
 
@@ -83,21 +84,42 @@ def pointing_game(heatmaps: Heatmaps, regions: Any, tolerance: float = 15) -> Sc
     ``P = {p : M(p) = max M}`` (exact ties); ``Z = {p : dist(p, R) <= tolerance}`` (Euclidean, pixels,
     at input resolution; ``tolerance=0`` means ``Z = R``). Score ``|P ∩ Z| / |P|``: 1 or 0 for a
     unique maximum; with tied maxima, the probability that a maximum picked at random hits.
+    Computed on the maps' device.
     """
 
-    def compute(mass: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
-        peaks = (mass == mass.flatten(1).amax(1)[:, None, None]).cpu().numpy()
-        zones = masks.cpu().numpy()
-        out = np.full(len(peaks), np.nan)
-        for i, (peak, zone) in enumerate(zip(peaks, zones)):
-            if not zone.any():
-                continue
-            if tolerance > 0:
-                zone = ndimage.distance_transform_edt(~zone) <= tolerance
-            out[i] = (peak & zone).sum() / peak.sum()
-        return out
+    def compute(mass: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        peaks = mass == mass.flatten(1).amax(1)[:, None, None]
+        zones = within_distance(masks, tolerance)
+        return (peaks & zones).sum(dim=(1, 2), dtype=torch.float64) / peaks.sum(dim=(1, 2), dtype=torch.float64)
 
     return _per_image(heatmaps, regions, "pointing_game", compute)
+
+
+def within_distance(masks: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """``(N,H,W)`` bool: pixels at Euclidean distance ``<= tolerance`` from a pixel of the mask, on its device.
+
+    The first pass of an exact distance transform: ``across(y, x)``, the distance along row ``y``
+    to the nearest mask pixel (running max / min of mask columns). A pixel is within reach if
+    some row offset ``dy`` has ``across(y + dy, x) <= max{dx : hypot(dx, dy) <= tolerance}``.
+    The same set as ``scipy.ndimage.distance_transform_edt(~mask) <= tolerance``.
+    """
+    if tolerance <= 0:
+        return masks
+    n, height, width = masks.shape
+    columns = torch.arange(width, device=masks.device).expand(n, height, width)
+    far = width + math.ceil(tolerance) + 1  # farther than any reach, for rows without mask pixels
+    left = torch.where(masks, columns, -far).cummax(dim=2).values
+    right = torch.where(masks, columns, width - 1 + far).flip(2).cummin(dim=2).values.flip(2)
+    across = torch.minimum(columns - left, right - columns)
+    zones = across == 0
+    reach = math.floor(tolerance)
+    for dy in range(-min(reach, height - 1), min(reach, height - 1) + 1):
+        near = across <= max(dx for dx in range(reach + 1) if math.hypot(dx, dy) <= tolerance)
+        if dy >= 0:  # row y is near the mask's row y + dy
+            zones[:, : height - dy] |= near[:, dy:]
+        else:
+            zones[:, -dy:] |= near[:, : height + dy]
+    return zones
 
 
 def localization_iou(heatmaps: Heatmaps, regions: Any, threshold: float = 0.15) -> Scores:
@@ -139,19 +161,20 @@ def rank_accuracy(heatmaps: Heatmaps, regions: Any) -> Scores:
     ``K = |R|``; the fraction of the ``K`` highest-valued pixels that lie in ``R``. Pixels tied with
     the ``K``-th value share the remaining slots: ``(|{M > v} ∩ R| + (K - |{M > v}|) ·
     |{M = v} ∩ R| / |{M = v}|) / K`` with ``v`` the ``K``-th largest value. A uniform map scores ``K / (H W)``.
+    Computed on the maps' device.
     """
 
-    def compute(mass: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
-        out = np.full(len(mass), np.nan)
-        for i, (heat, zone) in enumerate(zip(mass.flatten(1), masks.flatten(1))):
-            k = int(zone.sum())
-            if k == 0:
-                continue
-            v = heat.sort(descending=True).values[k - 1]
-            above, tied = heat > v, heat == v
-            hits = (above & zone).sum().item() + (k - above.sum().item()) * (tied & zone).sum().item() / tied.sum().item()
-            out[i] = hits / k
-        return out
+    def compute(mass: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        heat, zone = mass.flatten(1), masks.flatten(1)
+        k = zone.sum(1)
+        v = heat.sort(dim=1, descending=True).values.gather(1, (k - 1).clamp(min=0)[:, None])
+        above, tied = heat > v, heat == v
+
+        def count(selected: torch.Tensor) -> torch.Tensor:
+            return selected.sum(1, dtype=torch.float64)
+
+        hits = count(above & zone) + (k - count(above)) * count(tied & zone) / count(tied)
+        return hits / k  # k = 0: _per_image marks the empty region undefined
 
     return _per_image(heatmaps, regions, "rank_accuracy", compute)
 

@@ -346,7 +346,7 @@ class Subject:
         ``target``: ``None`` (the predicted class), a class index or name, one of those per image,
         or a callable. A callable target receives the model output for some rows and must return
         one score per row, computed from that row alone: it sees one batch at a time without its
-        offset in the set, and for Score-CAM masked copies of one image, so it must not index
+        offset in the set, and for Score-CAM masked copies of the images, so it must not index
         per-image data of the whole set. Its result is checked to be a 1-D tensor with one value
         per row; its scores must be differentiable in the output (gradient methods).
         """

@@ -165,7 +165,7 @@ def test_targets_by_name_index_sequence_and_callable(tiny_cnn, images16):
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++", "scorecam"])
 def test_a_row_wise_callable_target_does_not_depend_on_the_batching(tiny_cnn, images16, method):
     """The callable contract: one score per row from that row alone, so batch_size=1 (Score-CAM: one
-    masked copy per pass) and batch_size=4 (Score-CAM: 4 masked copies of one image per pass) agree."""
+    masked copy per pass) and batch_size=4 (Score-CAM: passes of 4 masked copies that mix images) agree."""
 
     def log_probability_of_class_2(out: torch.Tensor) -> torch.Tensor:
         return out[:, 2] - out.logsumexp(dim=1)
@@ -193,15 +193,26 @@ def test_a_callable_target_breaking_the_contract_is_refused(tiny_cnn, images16, 
 
 
 def test_scorecam_checks_the_callable_on_its_masked_copies_too(tiny_cnn, images16):
-    """features.2 has 6 channels: with batch_size=4 the masked copies of one image go in passes of 4 and 2."""
+    """features.2 has 6 channels: 3 images give 18 masked copies, in passes of 4 and a last one of 2."""
 
-    def only_right_for_four_rows(out: torch.Tensor) -> torch.Tensor:
-        return out[:, 2] if out.shape[0] == 4 else out[:, 2:4]
+    def wrong_for_two_rows(out: torch.Tensor) -> torch.Tensor:
+        return out[:, 2] if out.shape[0] != 2 else out[:, 2:4]
 
     subject = ca.Subject(tiny_cnn, layer="features.2", device="cpu", batch_size=4)
-    subject.gradcam(images16, target=only_right_for_four_rows)  # the batch of 4 images is fine
+    subject.gradcam(images16[:3], target=wrong_for_two_rows)  # the batch of 3 images is fine
     with pytest.raises(ValueError, match=r"a 1-D tensor of shape \(2,\) here; got a tensor of shape \(2, 2\)"):
-        subject.gradcam(images16, target=only_right_for_four_rows, method="scorecam")
+        subject.gradcam(images16[:3], target=wrong_for_two_rows, method="scorecam")
+
+
+def test_scorecam_fills_each_pass_with_masked_copies_of_several_images(tiny_cnn, images16):
+    """features.2 has 6 channels: 4 images are 24 masked copies, which go in 3 full passes of 8 (not 4 of 6)."""
+    batch_sizes: list[int] = []
+    handle = tiny_cnn.register_forward_hook(lambda module, inputs, output: batch_sizes.append(inputs[0].shape[0]))
+    try:
+        ca.Subject(tiny_cnn, layer="features.2", device="cpu", batch_size=8, cache=False).gradcam(images16, method="scorecam")
+    finally:
+        handle.remove()
+    assert batch_sizes == [4, 8, 8, 8]
 
 
 def test_segmentation_callable_target_matches_plain_autograd():

@@ -92,6 +92,19 @@ def test_pointing_game_tolerance_and_ties():
     assert one(metrics.pointing_game(heatmaps(torch.ones(8, 8), size=(8, 8)), region, tolerance=0)) == pytest.approx(16 / 64)
 
 
+@pytest.mark.parametrize("tolerance", [0.5, 1, 1.5, 2.9, 3, math.sqrt(8), 7.5, 15, 100])
+def test_within_distance_is_the_euclidean_distance_transform(tolerance):
+    """The device dilation against scipy's exact distance transform, on sparse random masks (non-square, ragged edges)."""
+    from scipy import ndimage
+
+    generator = torch.Generator().manual_seed(int(tolerance * 10))
+    masks = torch.rand(5, 23, 37, generator=generator) > 0.995
+    masks[3] = False  # an empty region stays empty
+    masks[4, 0, 36] = True  # a corner pixel
+    expected = np.stack([ndimage.distance_transform_edt(~m) <= tolerance if m.any() else np.zeros_like(m) for m in masks.numpy()])
+    np.testing.assert_array_equal(metrics.within_distance(masks, tolerance).numpy(), expected)
+
+
 def test_localization_iou_largest_component_threshold_and_ties():
     raw = torch.zeros(8, 8)
     raw[0:2, 0:3] = 1.0  # 6 px at the maximum

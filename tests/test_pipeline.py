@@ -77,7 +77,7 @@ def test_host_reads_per_call_do_not_grow_with_batches(tiny_cnn, explain, target)
     assert counts[2] == counts[12] and len(counts[12]) <= 4, counts
 
 
-@pytest.mark.parametrize("metric", ["mass_in", "enrichment"])
+@pytest.mark.parametrize("metric", ["mass_in", "enrichment", "pointing_game", "rank_accuracy"])
 def test_attention_metrics_read_their_values_back_once(metric) -> None:
     """150 maps are 3 chunks of 64: the values are collected on the device and read back once."""
     from cnnaudit import metrics

@@ -89,7 +89,7 @@ def eigencam(A: torch.Tensor) -> torch.Tensor:
 
 
 def scorecam_masks(A: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Score-CAM masks: each channel of ``A`` (one image, ``(K,h,w)``) bilinearly upsampled to ``size``
+    """Score-CAM masks: each channel map of ``A`` (``(K,h,w)``) bilinearly upsampled to ``size``
     (``align_corners=False``) and min-max normalised to ``[0,1]`` (a constant channel gives 0); ``(K,1,H,W)``."""
     masks = F.interpolate(A[:, None], size=size, mode="bilinear", align_corners=False)
     low = masks.amin(dim=(1, 2, 3), keepdim=True)
@@ -157,21 +157,25 @@ def cam_batch(
 def _masked_scores(
     subject: "Subject", x: torch.Tensor, A: torch.Tensor, target: Target, indices: torch.Tensor, limit: int
 ) -> torch.Tensor:
-    """Score-CAM's ``s_k`` for every image and channel, ``limit`` masked inputs per forward pass.
+    """Score-CAM's ``s_k`` for every image and channel ``(N,K)``, ``limit`` masked inputs per forward pass.
 
-    Masks multiply the *model input* (after ``preprocess``), so a masked-out pixel is 0 in model
-    space (the dataset mean under ``cnnaudit.normalize``), as in the reference implementation.
+    The ``N*K`` (image, channel) pairs form one stream cut into passes of ``limit``, so a pass is
+    full even when a layer has fewer channels than ``limit``; each pass builds only its own masks
+    and masked inputs. Masks multiply the *model input* (after ``preprocess``), so a masked-out
+    pixel is 0 in model space (the dataset mean under ``cnnaudit.normalize``), as in the
+    reference implementation.
     """
     model_input = subject.prepare(x)
     size = (model_input.shape[-2], model_input.shape[-1])
-    rows = []
-    for n in range(A.shape[0]):
-        chunks = []
-        for k in range(0, A.shape[1], limit):
-            output = subject.forward(model_input[n : n + 1] * scorecam_masks(A[n, k : k + limit], size))
-            if target.function is not None:
-                chunks.append(score_rows(target.function, output))
-            else:
-                chunks.append(output.index_select(1, indices[n : n + 1])[:, 0])  # a slice: no host read
-        rows.append(torch.cat(chunks))
-    return torch.stack(rows)
+    n, k = A.shape[0], A.shape[1]
+    channels = A.flatten(0, 1)
+    image_of_pair = torch.arange(n, device=A.device).repeat_interleave(k)
+    scores = []
+    for start in range(0, n * k, limit):
+        rows = image_of_pair[start : start + limit]
+        output = subject.forward(model_input.index_select(0, rows) * scorecam_masks(channels[start : start + limit], size))
+        if target.function is not None:
+            scores.append(score_rows(target.function, output))
+        else:
+            scores.append(output.gather(1, indices.index_select(0, rows)[:, None])[:, 0])  # no host read
+    return torch.cat(scores).reshape(n, k)

@@ -12,7 +12,7 @@ A target is one of
 The contract of a callable target (:data:`CALLABLE_CONTRACT`): it receives the model output for
 *some rows* and must return one score per row, computed from that row alone. The rows are one
 batch of images, without its offset in the set (Grad-CAM family, saliency), or masked copies of
-ONE image (Score-CAM), so a callable that indexes per-image data of the whole set (a mask per
+several images (Score-CAM), so a callable that indexes per-image data of the whole set (a mask per
 image, labels) would silently read the wrong image's data. :func:`score_rows` checks the part
 that can be checked: a 1-D tensor with one value per row.
 
@@ -30,7 +30,7 @@ import torch
 ScoreFunction = Callable[[torch.Tensor], torch.Tensor]
 CALLABLE_CONTRACT = (
     "a callable target receives the model output for some rows (a batch of images, or for Score-CAM "
-    "masked copies of one image) and must return one score per row, computed from that row alone"
+    "masked copies of the images) and must return one score per row, computed from that row alone"
 )
 
 
