@@ -79,15 +79,9 @@ def record_tests(n_tests: int, size: int, image_dir: Path) -> RunResults:
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=1000)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    n_tests = -(-args.images // PER_TEST)
+def measure_report(images: int = 1000, size: int = 224) -> dict:
+    """Recording ``images`` evidence images, then writing the HTML and JSON reports (seconds)."""
+    n_tests = -(-images // PER_TEST)
     environment = {"cnnaudit": "bench", "python": platform.python_version(), "platform": platform.platform(),
                    "torch": str(torch.__version__), "cuda": None, "cuda_available": False, "gpus": [], "device": "cpu"}
 
@@ -96,7 +90,7 @@ def main() -> None:
         image_dir = out / "report_files"
         image_dir.mkdir()
         begin = time.perf_counter()
-        results = record_tests(n_tests, args.size, image_dir)
+        results = record_tests(n_tests, size, image_dir)
         record_s = time.perf_counter() - begin
 
         def make_doc(res: RunResults) -> dict:
@@ -120,11 +114,10 @@ def main() -> None:
         write_html10_s = time.perf_counter() - begin
         image_bytes = sum(p.stat().st_size for p in image_dir.iterdir())
 
-    print(json.dumps({
-        "benchmark": "report",
+    return {
         "tests": n_tests,
         "images": html["images"],
-        "image_size": args.size,
+        "image_size": size,
         "record_s": round(record_s, 3),
         "record_ms_per_image": round(1000 * record_s / html["images"], 2),
         "write_html_s": round(write_html_s, 3),
@@ -140,10 +133,20 @@ def main() -> None:
             "html_mb": round(html10["bytes"] / 2**20, 2),
             "thumbnails_linked": html10["linked"],
         },
-        "torch": str(torch.__version__),
-        "cpu_threads": torch.get_num_threads(),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-    }, indent=1))
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = measure_report(args.images, args.size)
+    print(json.dumps({"benchmark": "report", **result, "torch": str(torch.__version__), "cpu_threads": torch.get_num_threads(),
+                      "load_average": [round(x, 2) for x in os.getloadavg()]}, indent=1))
 
 
 if __name__ == "__main__":

@@ -10,10 +10,10 @@ Sections (``--only`` picks some):
   within 1.15x of the floor, at least 2x faster than pytorch-grad-cam.
 * ``scorecam`` — Score-CAM time per image against pytorch-grad-cam (same channels, same masked
   images per forward pass).
-* ``maximize`` — activation maximisation of 64 channels batched against one at a time
-  (``bench_maximize.py``, run as a script); goal on a GPU: at least 8x.
+* ``maximize`` — activation maximisation of 64 channels batched against one at a time, the two
+  interleaved round by round (``bench_maximize.py``); goal on a GPU: at least 8x.
 * ``report`` — recording and writing the HTML report for 1,000 evidence images
-  (``bench_report.py``, run as a script); goal: the HTML in under 10 s.
+  (``bench_report.py``); goal: the HTML in under 10 s.
 
 Needs the peers: ``pip install -e '.[bench]'`` (grad-cam, captum).
 """
@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -33,10 +31,11 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # before torch imports tqdm: pytorch
 import torch
 
 import bench_gradcam
+from bench_maximize import measure_maximize
+from bench_report import measure_report
 from cnnaudit.subject import resolve_device
 from timing import environment
 
-HERE = Path(__file__).resolve().parent
 SECTIONS = ("gradcam", "scorecam", "maximize", "report")
 GOAL_MAXIMIZE_SPEEDUP_ON_GPU = 8.0
 
@@ -49,28 +48,13 @@ PROFILES = {
 }
 
 
-def script_json(script: str, arguments: list[str]) -> dict:
-    """Run ``benchmarks/<script>`` with ``arguments`` in a fresh process (same torch threads) and read the JSON it prints."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    run = subprocess.run([sys.executable, str(HERE / script), *arguments], capture_output=True, text=True, cwd=HERE.parent, env=env)
-    if run.returncode != 0:
-        raise SystemExit(f"{script} {' '.join(arguments)} failed:\n{run.stderr[-4000:]}")
-    text = run.stdout[run.stdout.index("{"):]
-    return json.JSONDecoder().raw_decode(text)[0]
-
-
-def maximize_section(device: torch.device, steps: int, size: int) -> dict:
-    """64 channels of resnet18's layer2 batched vs one at a time (the measurement is ``bench_maximize.py``'s)."""
-    result = script_json("bench_maximize.py", ["--device", str(device), "--channels", "64", "--steps", str(steps), "--size", str(size)])
+def maximize_section(device: torch.device, steps: int, size: int, repeats: int) -> dict:
+    """64 channels of resnet18's layer2 batched vs one at a time (``bench_maximize.py``), with the GPU goal."""
+    result = measure_maximize(device, channels=64, steps=steps, size=size, repeats=repeats)
     result["goal_speedup_on_gpu_at_least"] = GOAL_MAXIMIZE_SPEEDUP_ON_GPU
     if device.type == "cuda":
         result["goal_met"] = result["ratio"] >= GOAL_MAXIMIZE_SPEEDUP_ON_GPU
     return result
-
-
-def report_section(images: int) -> dict:
-    """Recording and writing the report for ``images`` evidence images (``bench_report.py``'s measurement)."""
-    return script_json("bench_report.py", ["--images", str(images)])
 
 
 def main() -> None:
@@ -107,9 +91,9 @@ def main() -> None:
             settings["scorecam_batch"], settings["repeats"],
         )
     if "maximize" in sections:
-        results["maximize"] = maximize_section(device, settings["maximize_steps"], settings["maximize_size"])
+        results["maximize"] = maximize_section(device, settings["maximize_steps"], settings["maximize_size"], settings["repeats"])
     if "report" in sections:
-        results["report"] = report_section(settings["report_images"])
+        results["report"] = measure_report(settings["report_images"])
     results["peers"] = peer_versions()
     results["wall_s"] = round(time.perf_counter() - started, 1)
 

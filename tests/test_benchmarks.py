@@ -1,0 +1,31 @@
+"""The benchmark command runs and writes the figures it promises (its speed is measured by running it, not here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_command_writes_every_figure_of_the_sections_that_need_no_peers(tmp_path):
+    """``maximize`` and ``report`` at toy settings (the ``gradcam`` sections need the ``bench`` extra)."""
+    out = tmp_path / "bench.json"
+    run = subprocess.run(
+        [sys.executable, "benchmarks/run.py", "--device", "cpu", "--only", "maximize,report", "--threads", "1",
+         "--maximize-steps", "1", "--maximize-size", "32", "--report-images", "16", "--repeats", "1", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["environment"]["device"] == "cpu" and figures["settings"]["maximize_steps"] == 1
+    maximize = figures["maximize"]
+    assert maximize["channels"] == 64 and maximize["repeats"] == 1
+    times = maximize["seconds"]
+    assert maximize["ratio"] == round(times["one_at_a_time"]["median"] / times["batched"]["median"], 2)
+    assert maximize["max_abs_image_difference"] < 1e-3  # one step: batching changes rounding only
+    report = figures["report"]
+    assert report["images"] == 16 and report["x10"]["images"] == 160
+    assert report["html_within_goal"] == (report["write_html_s"] < report["goal_s"])
