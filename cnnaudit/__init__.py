@@ -32,6 +32,9 @@ _EXPORTS = {
     "deepdream": "cnnaudit.views",
 }
 
+# subpackages reachable as attributes without an import of their own (``ca.demo.make_people(...)``)
+_SUBPACKAGES = ("demo",)
+
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
@@ -48,6 +51,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"cnnaudit.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'cnnaudit' has no attribute {name!r}")
@@ -57,4 +62,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return __all__
+    return [*__all__, *_SUBPACKAGES]

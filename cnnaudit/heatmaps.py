@@ -124,7 +124,7 @@ class Heatmaps:
 
         return metrics.enrichment(self, regions)
 
-    def pointing_game(self, regions: Any, tolerance: int = 15) -> "Scores":
+    def pointing_game(self, regions: Any, tolerance: float = 15) -> "Scores":
         """1 if the map's peak lies within ``tolerance`` px of the region (see :func:`cnnaudit.metrics.pointing_game`)."""
         from cnnaudit import metrics
 

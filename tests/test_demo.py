@@ -4,6 +4,8 @@ biased model really takes the shortcut while the clean one does not."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -272,3 +274,14 @@ def test_gradcam_shows_the_clean_model_on_tools_and_the_biased_one_on_faces(mode
 
     assert mass("clean", "tools") >= 0.5 and mass("clean", "face") <= 0.1
     assert mass("biased", "face") >= 0.4 and mass("biased", "tools") <= 0.3
+
+
+def test_the_demo_is_an_attribute_of_the_package_without_importing_torch_early():
+    """``import cnnaudit`` stays cheap (no torch) and ``ca.demo`` works without ``from cnnaudit import demo``."""
+    script = (
+        "import sys, cnnaudit as ca\n"
+        "assert 'torch' not in sys.modules and 'cnnaudit.demo' not in sys.modules\n"
+        "assert callable(ca.demo.make_people) and 'demo' in dir(ca)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
