@@ -38,12 +38,13 @@ class _RedirectedReLU(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         on, off = ctx.saved_tensors
         relu_grad = grad * on
-        redirected = grad.masked_fill(off & (grad < 0), 0.0)
-        if grad.ndim > 1:  # per batch element
-            alive = relu_grad.flatten(1).ne(0).any(dim=1).view(-1, *([1] * (grad.ndim - 1)))
-        else:
-            alive = relu_grad.ne(0).any()
-        return torch.where(alive, relu_grad, redirected)
+        alive = relu_grad.flatten(1).any(dim=1) if grad.ndim > 1 else relu_grad.any()  # per batch element
+        if grad.device.type == "cpu" and bool(alive.all()):  # the usual case; on a GPU this read would stall
+            return relu_grad
+        # where an element is dead, pass everything but the downward pushes on negative inputs
+        dead = alive.logical_not().reshape(alive.shape + (1,) * (grad.ndim - alive.ndim))
+        redirect = (grad >= 0).logical_or_(off.logical_not()).logical_and_(dead)
+        return torch.where(redirect, grad, relu_grad)
 
 
 class redirected_relus(TorchFunctionMode):
