@@ -8,7 +8,9 @@ Saving replaces the entries of the tests that ran and keeps the others, so a par
 only what it ran.
 
 In an audit, ``baseline(scores)`` returns the stored summary of the same test and key as a
-:class:`StoredScores`, whose methods mirror ``Scores``: ``baseline(mass).mean()``.
+:class:`StoredScores`, whose methods mirror ``Scores``: ``baseline(mass).mean()``. In a run that
+saves a baseline, a Scores without a stored entry is answered with its own summary (the gate
+compares it with itself) and a :class:`BaselineRecordingWarning` says so, so the recording run passes.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ class BaselineMissing(LookupError):
 
 class BaselineEnvironmentWarning(UserWarning):
     """The baseline was recorded with another torch version, device, GPU or model."""
+
+
+class BaselineRecordingWarning(UserWarning):
+    """A run that saves a baseline answered ``baseline(scores)`` with the Scores' own summary (no stored entry)."""
 
 
 @dataclass(frozen=True)
@@ -121,13 +127,20 @@ class Baseline:
 
 
 class BaselineLookup:
-    """The ``baseline`` fixture's value: ``baseline(scores)`` -> the stored summary for this test."""
+    """The ``baseline`` fixture's value: ``baseline(scores)`` -> the stored summary for this test.
 
-    def __init__(self, baseline: Baseline | None, nodeid: str, key_of: Any, environment: Any) -> None:
+    With ``saving_to`` (the run saves a baseline there), a Scores without a stored entry is answered
+    from the recording itself; :attr:`recorded` lists the keys answered so.
+    """
+
+    def __init__(self, baseline: Baseline | None, nodeid: str, key_of: Any, environment: Any,
+                 saving_to: Path | None = None) -> None:
         self._baseline = baseline
         self._nodeid = nodeid
         self._key_of = key_of
         self._environment = environment
+        self._saving_to = saving_to
+        self.recorded: list[str] = []
 
     def __repr__(self) -> str:
         return f"BaselineLookup({str(self._baseline.path) if self._baseline else None!r}, test={self._nodeid!r})"
@@ -135,13 +148,39 @@ class BaselineLookup:
     def __call__(self, scores: Any) -> StoredScores:
         __tracebackhide__ = True  # pytest shows the audit's line, not this one
         key = self._key_of(scores)
+        subject = getattr((getattr(scores, "source", None) or {}).get("heatmaps"), "subject", None)
+        if self._saving_to is not None and (self._baseline is None or self._baseline.entry(self._nodeid, key) is None):
+            warnings.warn(BaselineRecordingWarning(self._recording_message(key)), stacklevel=2)
+            if key not in self.recorded:
+                self.recorded.append(key)
+            return recorded_scores(self._nodeid, key, scores, subject, self._environment(subject))
         if self._baseline is None:
             raise BaselineMissing(
                 f"test {self._nodeid!r} asks for the baseline of Scores {key!r} but no baseline file was given: "
                 "run with --cnnaudit-baseline=PATH (create PATH with --cnnaudit-save-baseline=PATH)"
             )
-        subject = getattr((getattr(scores, "source", None) or {}).get("heatmaps"), "subject", None)
         return self._baseline.lookup(self._nodeid, key, environment=self._environment(subject))
+
+    def _recording_message(self, key: str) -> str:
+        if self._baseline is None:
+            why = "no --cnnaudit-baseline given"
+        elif self._baseline.path == self._saving_to:
+            why = f"the file {'has no entry for it' if self._baseline.exists else 'does not exist'} yet"
+        else:
+            why = f"baseline file {self._baseline.path} {'has no entry for it' if self._baseline.exists else 'does not exist'}"
+        return (
+            f"recording the baseline of Scores {key!r} of test {self._nodeid!r} to {self._saving_to} ({why}); "
+            "baseline(...) returned the Scores' own summary, so this run's gate compared the Scores with itself"
+        )
+
+
+def recorded_scores(nodeid: str, key: str, scores: Any, subject: Any, environment: dict | None) -> StoredScores:
+    """``scores`` as :func:`save` would store it and :class:`Baseline` read it back (summary, model, environment)."""
+    from cnnaudit.records import model_identity, summarize
+
+    summary = {**summarize(scores), "model": model_identity(subject)}
+    stored = json.loads(json.dumps({k: summary[k] for k in _STORED}))  # the same JSON round trip as the file
+    return StoredScores(nodeid, key, stored, environment)
 
 
 def environment_differences(stored: dict | None, current: dict | None) -> list[str]:

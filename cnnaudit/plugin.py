@@ -183,5 +183,6 @@ def evidence_fixture(request: pytest.FixtureRequest) -> Any:
 
 @pytest.fixture
 def baseline(request: pytest.FixtureRequest) -> Any:
-    """``baseline(scores)`` -> the stored summary of the same Scores of this test (``--cnnaudit-baseline``)."""
+    """``baseline(scores)`` -> the stored summary of the same Scores of this test (``--cnnaudit-baseline``);
+    in a run that saves a baseline, the Scores' own summary when none is stored (``BaselineRecordingWarning``)."""
     return request.config.stash[_SESSION].baseline_lookup(request.node.nodeid, request.node.stash.get(_RECORDER, None))

@@ -7,6 +7,10 @@ keeps only file names, so memory stays flat however many images a run produces. 
 test :meth:`EvidenceRecorder.finish` returns the test's evidence as plain JSON-able data (it
 travels from xdist workers to the controller inside the test report).
 
+A ``Difference`` (``cnnaudit.compare``) is kept as it is and summarised at :meth:`finish`, so its
+interval and p-value are computed once, only when a run records, and reuse what the test already
+asked for.
+
 Bounded per object and per test: the first :data:`OVERLAYS_PER_HEATMAPS` overlays of a
 ``Heatmaps``; the :data:`EXTREMES_PER_SCORES` lowest and highest images of a ``Scores`` with a
 heatmap source; one grid of at most :data:`CHANNELS_PER_GRID` channels per ``Visualizations``; at
@@ -18,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import operator
 import sys
 import weakref
 from pathlib import Path
@@ -35,6 +40,7 @@ QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
 HISTOGRAM_BINS = 20
 
 _MIRRORED = {"<": ">", ">": "<", "<=": ">=", ">=": "<=", "==": "==", "!=": "!="}
+_HOLDS = {"<": operator.lt, ">": operator.gt, "<=": operator.le, ">=": operator.ge, "==": operator.eq, "!=": operator.ne}
 
 
 class EvidenceRecorder:
@@ -54,6 +60,7 @@ class EvidenceRecorder:
         self._dropped = 0
         self._scores: list[tuple[str, Any, dict[str, list[dict]]]] = []
         self._keys: dict[int, str] = {}
+        self._differences: list[tuple[str, Any, tuple[str | None, str | None]]] = []
         self._heatmaps: list[dict] = []
         self._visualizations: list[dict] = []
         self._images: list[dict] = []
@@ -98,9 +105,14 @@ class EvidenceRecorder:
         self._notes.append(str(text))
 
     def compared(self, op: str, left: Any, right: Any) -> None:
-        """Remember a failed numeric assertion ``left op right``; :meth:`finish` matches it to a Scores statistic."""
+        """Remember a failed numeric assertion ``left op right``; :meth:`finish` matches it to a statistic.
+
+        Comparisons that hold are ignored: pytest explains every comparison of a failed
+        ``assert x < a and y > b``, the ones that passed included.
+        """
         if op in _MIRRORED and _is_number(left) and _is_number(right) and math.isfinite(left) and math.isfinite(right):
-            self._comparisons.append((op, float(left), float(right)))
+            if not _HOLDS[op](float(left), float(right)):
+                self._comparisons.append((op, float(left), float(right)))
 
     def key_of(self, scores: Any) -> str:
         """The key ``scores`` is recorded under in this test (its name, ``#2``… for repeats)."""
@@ -110,8 +122,20 @@ class EvidenceRecorder:
     def finish(self, baseline_entry: Callable[[str], dict | None] = lambda key: None) -> dict:
         """The test's evidence as JSON-able data; ``baseline_entry(key)`` gives a Scores' baseline summary.
 
-        The recorder lets go of the Scores it held (and the heatmaps and images behind them).
+        The recorder lets go of the Scores and Differences it held (and the heatmaps and images behind them).
         """
+        comparisons = []
+        for key, diff, side_keys in self._differences:
+            try:
+                summary = summarize_difference(diff)
+            except Exception as error:  # noqa: BLE001 - recording must not fail the audit
+                self.note(f"cnnaudit could not summarise comparison {key!r}: {type(error).__name__}: {error}")
+                continue
+            summary = {"key": key, **summary}
+            summary["a"]["key"], summary["b"]["key"] = side_keys
+            summary["thresholds"] = match_thresholds(difference_statistics(summary), self._comparisons)
+            comparisons.append(summary)
+        self._differences = []
         scores = []
         for key, obj, images in self._scores:
             try:
@@ -120,7 +144,7 @@ class EvidenceRecorder:
                 self.note(f"cnnaudit could not summarise Scores {key!r}: {type(error).__name__}: {error}")
                 continue
             summary.update(key=key, images=images, model=_identity_of_source(obj))
-            summary["thresholds"] = match_thresholds(summary, self._comparisons)
+            summary["thresholds"] = match_thresholds(statistics(summary), self._comparisons)
             summary["baseline"] = baseline_entry(key)
             summary["delta_mean"] = _delta(summary["mean"], (summary["baseline"] or {}).get("mean"))
             summary["histogram"] = histogram(obj.values, _markers(summary))
@@ -136,6 +160,7 @@ class EvidenceRecorder:
         return {
             "index": self.index,
             "scores": scores,
+            "comparisons": comparisons,
             "heatmaps": self._heatmaps,
             "visualizations": self._visualizations,
             "images": self._images,
@@ -171,6 +196,16 @@ class EvidenceRecorder:
         key = _unique(str(scores.name), {k for k, _, _ in self._scores})
         self._keys[id(scores)] = key
         self._scores.append((key, scores, self._extremes(scores)))
+
+    def _observe_difference(self, diff: Any) -> None:
+        """Keep ``diff`` for :meth:`finish`, keyed ``"<a> − <b>"`` by its sides' keys in this test (else their names)."""
+        sides = getattr(diff, "sides", None) or (None, None)
+        side_keys = tuple(self._keys.get(id(side)) if side is not None else None for side in sides)
+        if sides[0] is None or sides[1] is None:
+            label = str(diff.name)
+        else:
+            label = " \u2212 ".join(key or str(side.name) for key, side in zip(side_keys, sides, strict=True))
+        self._differences.append((_unique(label, {k for k, _, _ in self._differences}), diff, side_keys))
 
     def _observe_visualizations(self, vis: Any) -> None:
         from cnnaudit.render import grid
@@ -276,6 +311,7 @@ _OBSERVERS: dict[str, Callable[[EvidenceRecorder, Any], None]] = {
     "View": lambda recorder, view: recorder.image(view.name, view.image),
     "Heatmaps": EvidenceRecorder._observe_heatmaps,
     "Scores": EvidenceRecorder._observe_scores,
+    "Difference": EvidenceRecorder._observe_difference,
     "Visualizations": EvidenceRecorder._observe_visualizations,
 }
 
@@ -318,14 +354,48 @@ def statistics(summary: dict) -> dict[str, float]:
     return {name: value for name, value in stats.items() if value is not None}
 
 
-def match_thresholds(summary: dict, comparisons: list[tuple[str, float, float]]) -> list[dict]:
-    """Failed comparisons with one side exactly a statistic of ``summary``: ``{stat, op, value, actual}``.
+def summarize_difference(diff: Any) -> dict:
+    """``name``, ``paired``, ``mean``, ``ci`` (95%), ``p_value`` and per side ``{name, n, mean}`` of a ``Difference``.
 
-    The left side is tried first (``assert s.mean() >= 0.5``), then the right one (``0.5 <= s.mean()``
-    becomes ``mean() >= 0.5``); on each side the first equal statistic in :func:`statistics` order is
-    taken (a mean that equals the median is reported as the mean).
+    Computes the interval and the p-value unless the audit already did (both are cached on ``diff``);
+    with fewer than two values on a side the interval is unbounded and the p-value undefined (``None``).
     """
-    stats = statistics(summary)
+    interval, sides = diff.ci(), getattr(diff, "sides", None) or (None, None)
+    p_value = diff.p_value if min(diff.a.size, diff.b.size) >= 2 else None
+
+    def side(values: np.ndarray, scores: Any) -> dict:
+        return {
+            "name": None if scores is None else str(scores.name),
+            "n": int(values.size),
+            "mean": _number(np.mean(values)) if values.size else None,
+        }
+
+    return {
+        "name": str(diff.name),
+        "paired": bool(diff.paired),
+        "mean": _number(diff.mean),
+        "ci": {"low": _number(interval.low), "high": _number(interval.high), "level": float(interval.level)},
+        "p_value": None if p_value is None else _number(p_value),
+        "a": side(diff.a, sides[0]),
+        "b": side(diff.b, sides[1]),
+    }
+
+
+def difference_statistics(summary: dict) -> dict[str, float]:
+    """A comparison's statistics by the expression an audit would write on it (``gap.mean``, ``abs(gap.mean)``…)."""
+    stats = {"mean": summary["mean"], "abs(mean)": None if summary["mean"] is None else abs(summary["mean"])}
+    stats.update({"p_value": summary["p_value"], "ci().low": summary["ci"]["low"], "ci().high": summary["ci"]["high"]})
+    return {name: value for name, value in stats.items() if value is not None}
+
+
+def match_thresholds(stats: dict[str, float], comparisons: list[tuple[str, float, float]]) -> list[dict]:
+    """Failed comparisons with one side exactly one of ``stats``: ``{stat, op, value, actual}``.
+
+    ``stats`` maps expressions to values (:func:`statistics`, :func:`difference_statistics`). The left
+    side is tried first (``assert s.mean() >= 0.5``), then the right one (``0.5 <= s.mean()`` becomes
+    ``mean() >= 0.5``); on each side the first equal statistic in ``stats`` order is taken (a mean
+    that equals the median is reported as the mean).
+    """
     found = []
     for op, left, right in comparisons:
         for side, other, op_seen in ((left, right, op), (right, left, _MIRRORED[op])):
@@ -351,7 +421,7 @@ def histogram(values: Any, markers: list[float]) -> dict | None:
 
 
 def junit_properties(evidence: dict) -> list[tuple[str, object]]:
-    """Each Scores' numbers as JUnit properties ``cnnaudit.<key>.<stat>``."""
+    """Each Scores' and each comparison's numbers as JUnit properties ``cnnaudit.<key>.<stat>``."""
     props: list[tuple[str, object]] = []
     for s in evidence["scores"]:
         prefix = f"cnnaudit.{s['key']}"
@@ -360,6 +430,14 @@ def junit_properties(evidence: dict) -> list[tuple[str, object]]:
             props += [(f"{prefix}.ci_low", s["ci"]["low"]), (f"{prefix}.ci_high", s["ci"]["high"])]
         if s["delta_mean"] is not None:
             props.append((f"{prefix}.delta_mean", s["delta_mean"]))
+    for d in evidence["comparisons"]:
+        prefix = f"cnnaudit.{d['key']}"
+        props += [
+            (f"{prefix}.mean", d["mean"]), (f"{prefix}.ci_low", d["ci"]["low"]), (f"{prefix}.ci_high", d["ci"]["high"]),
+            (f"{prefix}.p_value", d["p_value"]), (f"{prefix}.paired", d["paired"]),
+            (f"{prefix}.n_a", d["a"]["n"]), (f"{prefix}.n_b", d["b"]["n"]),
+            (f"{prefix}.mean_a", d["a"]["mean"]), (f"{prefix}.mean_b", d["b"]["mean"]),
+        ]
     return props
 
 

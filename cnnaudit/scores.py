@@ -233,13 +233,20 @@ def _paired_mean_difference(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.
 
 
 class Difference:
-    """``mean(a) - mean(b)`` with a bootstrap interval and a permutation-test p-value (see ``compare``)."""
+    """``mean(a) - mean(b)`` with a bootstrap interval and a permutation-test p-value (see ``compare``).
 
-    def __init__(self, a: np.ndarray, b: np.ndarray, *, paired: bool, name: str, seed: int = 0) -> None:
-        self.a, self.b, self.paired, self.name, self.seed = a, b, paired, name, seed
+    ``a``, ``b``: the values compared (aligned pairs when ``paired``); ``sides``: the two ``Scores``
+    they came from, or ``None``. Creating one notifies the evidence recorder; the interval and the
+    p-value are computed when first asked for (by the audit, or by the recorder writing a report).
+    """
+
+    def __init__(self, a: np.ndarray, b: np.ndarray, *, paired: bool, name: str, seed: int = 0,
+                 sides: tuple[Scores, Scores] | None = None) -> None:
+        self.a, self.b, self.paired, self.name, self.seed, self.sides = a, b, paired, name, seed, sides
         self._statistic = _paired_mean_difference if paired else _mean_difference
         self.mean = float(self._statistic(a, b))
         self._intervals: dict[float, Interval] = {}
+        evidence.notify(self)
 
     def ci(self, level: float = 0.95) -> Interval:
         """Seeded BCa bootstrap interval of the difference (pairs resampled together when paired)."""
@@ -249,8 +256,15 @@ class Difference:
 
     @cached_property
     def p_value(self) -> float:
-        """Two-sided permutation-test p-value for "no difference" (sign flips when paired, relabelling otherwise)."""
-        if self.a.size == 0 or self.b.size == 0 or (self.paired and np.all(self.a == self.b)):
+        """Two-sided permutation-test p-value for "no difference" (sign flips when paired, relabelling otherwise).
+
+        Needs two or more values on each side (:class:`UndefinedScoresError` otherwise: one image is no evidence).
+        """
+        if min(self.a.size, self.b.size) < 2:
+            raise UndefinedScoresError(
+                f"{self.name}: a p-value needs two or more values on each side, got {self.a.size} and {self.b.size}"
+            )
+        if self.paired and np.all(self.a == self.b):
             return 1.0
         result = stats.permutation_test(
             (self.a, self.b), self._statistic, permutation_type="samples" if self.paired else "independent",
@@ -262,9 +276,10 @@ class Difference:
     def __repr__(self) -> str:
         interval = self.ci()
         kind = f"paired, n={self.a.size}" if self.paired else f"unpaired, n={self.a.size} vs {self.b.size}"
+        p_value = f"{self.p_value:.4g}" if min(self.a.size, self.b.size) >= 2 else "undefined"
         return (
             f"Difference({self.name}: mean={self.mean:.4g}, {interval.level:.0%} CI [{interval.low:.4g}, {interval.high:.4g}], "
-            f"p={self.p_value:.4g}, {kind})"
+            f"p={p_value}, {kind})"
         )
 
 
@@ -282,15 +297,15 @@ def compare(a: Scores, b: Scores, *, paired: bool | None = None, seed: int = 0) 
                 f"{a.name} and {b.name} share {len(set(a.ids) & set(b.ids))} of their images but not all; "
                 "pass paired=False to compare them as independent samples anyway"
             )
-    name = f"{a.name} - {b.name}"
+    name = f"{a.name} \u2212 {b.name}"  # U+2212, the minus sign
     if paired:
         x, y = _aligned(a, b)
         keep = ~(np.isnan(x) | np.isnan(y))
         x, y = x[keep], y[keep]
         if x.size == 0:
             raise UndefinedScoresError(f"{name}: no image has both values defined; nothing to compare")
-        return Difference(x, y, paired=True, name=name, seed=seed)
-    return Difference(a._require(), b._require(), paired=False, name=name, seed=seed)
+        return Difference(x, y, paired=True, name=name, seed=seed, sides=(a, b))
+    return Difference(a._require(), b._require(), paired=False, name=name, seed=seed, sides=(a, b))
 
 
 def _aligned(a: Scores, b: Scores) -> tuple[np.ndarray, np.ndarray]:

@@ -113,6 +113,7 @@ class AuditSession:
         self.controller = controller
         self.worker_id = worker_id
         self.baseline = Baseline(settings.baseline) if settings.baseline else None
+        self.lookups: dict[str, BaselineLookup] = {}
         self.order: dict[str, int] = {}
         self.started = time.time()
         self.outputs: dict[str, Any] = {}
@@ -164,18 +165,25 @@ class AuditSession:
         return EvidenceRecorder(nodeid, self.settings.image_dir, index=self.order.get(nodeid, -1), device=self.device)
 
     def finish_test(self, recorder: Any) -> dict:
-        """The recorder's evidence, with the baseline entries of its Scores."""
+        """The recorder's evidence, with the baseline entries of its Scores and, as ``baseline_recorded``,
+        the keys whose ``baseline(...)`` was answered from this run's recording."""
         baseline = self.baseline
-        return recorder.finish(lambda key: baseline.entry(recorder.nodeid, key) if baseline else None)
+        evidence = recorder.finish(lambda key: baseline.entry(recorder.nodeid, key) if baseline else None)
+        lookup = self.lookups.pop(recorder.nodeid, None)
+        evidence["baseline_recorded"] = lookup.recorded if lookup is not None else []
+        return evidence
 
-    def baseline_lookup(self, nodeid: str, recorder: Any) -> Any:
+    def baseline_lookup(self, nodeid: str, recorder: Any) -> BaselineLookup:
         """The ``baseline`` fixture's callable for test ``nodeid``."""
 
         def environment(subject: Any) -> dict:
             return device_identity(getattr(subject, "device", None) or self.device)
 
         key_of = recorder.key_of if recorder is not None else (lambda scores: str(scores.name))
-        return BaselineLookup(self.baseline, nodeid, key_of, environment)
+        lookup = BaselineLookup(self.baseline, nodeid, key_of, environment, saving_to=self.settings.save_baseline)
+        if recorder is not None:
+            self.lookups[nodeid] = lookup  # finish_test collects what it answered from the recording
+        return lookup
 
     # ---- collecting (controller) ----------------------------------------------------------------------
     def add_report(self, test_report: Any) -> None:
@@ -261,5 +269,11 @@ class AuditSession:
             lines.append(f"cnnaudit: JSON report {self.outputs['json'][0]}")
         if "baseline" in self.outputs:
             path, stored = self.outputs["baseline"]
-            lines.append(f"cnnaudit: baseline {path} ({stored} Scores stored)")
+            answered = self.answered_from_recording()
+            also = f"; baseline(...) answered from this recording for {answered} Scores with no stored entry"
+            lines.append(f"cnnaudit: baseline {path} ({stored} Scores stored{also if answered else ''})")
         return lines
+
+    def answered_from_recording(self) -> int:
+        """How many Scores (test, key) had their ``baseline(...)`` answered from this run's own recording."""
+        return sum(len((e["evidence"] or {}).get("baseline_recorded", [])) for e in self.results.finished)

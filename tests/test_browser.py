@@ -45,6 +45,7 @@ IMAGES = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 @pytest.mark.parametrize("who", ["<script>document.title='pwned'</script>"])
 def test_passes_first_in_the_file(subject, who, evidence):
     evidence.note("<img src=x onerror=\\"document.title='pwned'\\">")
+    ca.compare(ca.Scores([0.1, 0.3], who), ca.Scores([0.2, 0.6], "b"))  # a comparison row named by the markup
     assert subject.gradcam(IMAGES, target="nurse").mass_in(BOX).mean() >= 0.0
 
 
@@ -127,6 +128,7 @@ def test_the_report_works_in_a_real_browser(pytester: pytest.Pytester, tmp_path:
     assert first["data-nodeid"] == "test_audit.py::test_attention_on_tools" and first["data-outcome"] == "failed"
     assert "open" in first and "open" not in second  # the failure is shown first, expanded
     assert second["data-nodeid"] == "test_audit.py::test_passes_first_in_the_file[<script>document.title='pwned'</script>]"
+    assert "</script> \u2212 b" in second["data-search"]  # the comparison is in the page, as text
     # the failure's overlays: 4 heatmaps and the lowest/highest 2 + 2 of its Scores, all decoded
     assert first["data-images-total"] == "8" and first["data-images-loaded"] == "8"
     assert second["data-images-loaded"] == second["data-images-total"] == "8"

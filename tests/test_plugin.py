@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,11 @@ import torch
 import cnnaudit.metrics  # noqa: F401
 import cnnaudit.render  # noqa: F401
 import cnnaudit.subject  # noqa: F401
+from cnnaudit import evidence
+from cnnaudit.baseline import Baseline, BaselineLookup, BaselineMissing, BaselineRecordingWarning, StoredScores, save
 from cnnaudit.environment import resolve_device, worker_index
+from cnnaudit.records import QUANTILES, EvidenceRecorder
+from cnnaudit.scores import Scores
 
 AUDIT = """
 import pytest, torch
@@ -344,10 +349,13 @@ def edit_baseline(path: Path, change: Any) -> None:
 def test_save_a_baseline_then_gate_against_it(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_audit=GATED)
     first = run(pytester, "--cnnaudit-baseline=base.json", "--cnnaudit-save-baseline=base.json")
-    first.assert_outcomes(passed=2, failed=2)  # no baseline yet: test_gate fails, saying how to make one
+    first.assert_outcomes(passed=3, failed=1, warnings=1)  # no baseline yet: test_gate compares its Scores with itself
     first.stdout.fnmatch_lines([
-        "*BaselineMissing: baseline file *base.json does not exist (test 'test_audit.py::test_gate', Scores 'mass_in(box)'); "
-        "create or refresh it by running this test with --cnnaudit-save-baseline=*base.json"
+        "*BaselineRecordingWarning: recording the baseline of Scores 'mass_in(box)' of test 'test_audit.py::test_gate' "
+        "to *base.json (the file does not exist yet); baseline(...) returned the Scores' own summary, "
+        "so this run's gate compared the Scores with itself",
+        "cnnaudit: baseline *base.json (3 Scores stored; baseline(...) answered from this recording for 1 Scores "
+        "with no stored entry)",
     ])
     saved = load(pytester.path / "base.json")
     assert saved["format"] == "cnnaudit-baseline" and saved["version"] == 1
@@ -391,6 +399,103 @@ def test_baseline_deltas_missing_entries_and_changed_settings(pytester: pytest.P
         "*BaselineMissing: no baseline for Scores 'mass_in(box)' of test 'test_audit.py::test_gate' in *base.json "
         "(it has no entry for this test); create or refresh it by running this test with --cnnaudit-save-baseline=*base.json"
     ])
+
+
+GATE_ON = """
+import cnnaudit as ca
+
+def test_gate(baseline):
+    for name, values in {metrics}.items():
+        scores = ca.Scores(values, name=name)
+        assert scores.mean() >= baseline(scores).mean() - 0.05
+"""
+
+
+def test_a_recording_run_passes_and_later_runs_gate_against_it(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_audit=GATE_ON.format(metrics={"accuracy": [0.8, 0.9, 1.0]}))
+    missing = run(pytester, "--cnnaudit-baseline=base.json")  # no save path: a missing file still fails, saying why
+    missing.assert_outcomes(failed=1)
+    missing.stdout.fnmatch_lines([
+        "*BaselineMissing: baseline file *base.json does not exist (test 'test_audit.py::test_gate', Scores 'accuracy'); "
+        "create or refresh it by running this test with --cnnaudit-save-baseline=*base.json"
+    ])
+
+    recording = run(pytester, "--cnnaudit-save-baseline=base.json")
+    recording.assert_outcomes(passed=1, warnings=1)
+    recording.stdout.fnmatch_lines([
+        "*BaselineRecordingWarning: recording the baseline of Scores 'accuracy' of test 'test_audit.py::test_gate' "
+        "to *base.json (no --cnnaudit-baseline given)*",
+        "cnnaudit: baseline *base.json (1 Scores stored; baseline(...) answered from this recording for 1 Scores "
+        "with no stored entry)",
+    ])
+    entry = load(pytester.path / "base.json")["tests"]["test_audit.py::test_gate"]["scores"]["accuracy"]
+    assert entry["n"] == 3 and entry["mean"] == pytest.approx(0.9) and entry["min"] == 0.8 and entry["max"] == 1.0
+
+    same = run(pytester, "--cnnaudit-baseline=base.json", "-W", "error::UserWarning")
+    same.assert_outcomes(passed=1)
+    same.stdout.no_fnmatch_line("*BaselineRecordingWarning*")
+
+    pytester.makepyfile(test_audit=GATE_ON.format(metrics={"accuracy": [0.7, 0.8, 0.9]}))  # the model got worse
+    worse = run(pytester, "--cnnaudit-baseline=base.json")
+    worse.assert_outcomes(failed=1)
+    worse.stdout.fnmatch_lines(["E * AssertionError: assert 0.7999* >= (0.9 - 0.05)"])  # mean 0.8 < 0.9 - 0.05
+
+
+def test_a_refresh_run_gates_against_the_stored_entry_and_writes_the_new_one(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_audit=GATE_ON.format(metrics={"accuracy": [0.8, 0.9, 1.0]}))
+    run(pytester, "--cnnaudit-save-baseline=base.json").assert_outcomes(passed=1, warnings=1)
+    # recall is new (answered from the recording); accuracy dropped from 0.9 to 0.7 and is gated against the stored 0.9
+    pytester.makepyfile(test_audit=GATE_ON.format(metrics={"recall": [0.5, 0.5], "accuracy": [0.6, 0.7, 0.8]}))
+    refresh = run(pytester, "--cnnaudit-baseline=base.json", "--cnnaudit-save-baseline=base.json")
+    refresh.assert_outcomes(failed=1, warnings=1)
+    refresh.stdout.fnmatch_lines([
+        "E * AssertionError: assert 0.6999* >= (0.9 - 0.05)",  # the stored 0.9, not this run's 0.7
+        "*BaselineRecordingWarning: recording the baseline of Scores 'recall' of test 'test_audit.py::test_gate' "
+        "to *base.json (the file has no entry for it yet)*",
+        "cnnaudit: baseline *base.json (2 Scores stored; baseline(...) answered from this recording for 1 Scores "
+        "with no stored entry)",
+    ])
+    stored = load(pytester.path / "base.json")["tests"]["test_audit.py::test_gate"]["scores"]
+    assert stored["accuracy"]["mean"] == pytest.approx(0.7) and stored["recall"]["mean"] == 0.5
+
+
+def test_a_lookup_without_an_entry_answers_with_the_recording_as_the_file_would(tmp_path: Path) -> None:
+    recorder = EvidenceRecorder("test_a.py::test_gate", None)
+    with evidence.recording(recorder):
+        scores = Scores([1.0, 2.0, 4.0, float("nan")], name="accuracy")
+    environment = {"torch": "2.x", "device": "cpu", "gpu": None}
+    lookup = BaselineLookup(Baseline(tmp_path / "old.json"), "test_a.py::test_gate", recorder.key_of,
+                            lambda subject: environment, saving_to=tmp_path / "base.json")
+    with pytest.warns(BaselineRecordingWarning, match=r"'accuracy' of test 'test_a.py::test_gate' to .*base.json "
+                                                      r"\(baseline file .*old.json does not exist\)"):
+        answered = lookup(scores)
+    with pytest.warns(BaselineRecordingWarning):
+        lookup(scores)
+    assert isinstance(answered, StoredScores) and lookup.recorded == ["accuracy"]  # asked twice, one Scores
+    assert (answered.n, answered.n_undefined) == (4, 1)
+    assert answered.mean() == pytest.approx(7 / 3) and answered.median() == 2.0
+    assert (answered.min(), answered.max()) == (1.0, 4.0)
+    assert answered.quantile(0.25) == 1.5  # linear interpolation between 1 and 2
+
+    # the oracle: the same Scores saved by the recorder and read back from the file
+    save(tmp_path / "base.json", [("test_a.py::test_gate", {**recorder.finish(), "environment": environment})])
+    read_back = Baseline(tmp_path / "base.json").lookup("test_a.py::test_gate", "accuracy", environment=environment)
+    def everything(s: StoredScores) -> tuple:
+        return (s.n, s.n_undefined, s.model, s.environment, s.mean(), s.median(), s.min(), s.max(), s.ci(),
+                [s.quantile(q) for q in QUANTILES])
+
+    assert everything(answered) == everything(read_back) and answered.ci().low < 7 / 3 < answered.ci().high
+
+    # with the entry stored, the lookup returns it (no warning); without a save path a missing entry still raises
+    stored = Baseline(tmp_path / "base.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        refreshed = BaselineLookup(stored, "test_a.py::test_gate", recorder.key_of, lambda subject: environment,
+                                   saving_to=tmp_path / "base.json")(Scores([0.0], name="accuracy"))
+    assert refreshed.mean() == pytest.approx(7 / 3)
+    with pytest.raises(BaselineMissing, match="no baseline for Scores 'recall'"):
+        BaselineLookup(stored, "test_a.py::test_gate", recorder.key_of, lambda subject: environment)(
+            Scores([0.0], name="recall"))
 
 
 def test_the_baseline_fixture_without_a_file_says_how_to_get_one(pytester: pytest.Pytester) -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy import stats
 
 from cnnaudit import evidence, render
 from cnnaudit.heatmaps import Heatmaps
@@ -17,14 +18,16 @@ from cnnaudit.records import (
     OVERLAYS_PER_HEATMAPS,
     EvidenceRecorder,
     _overlay,
+    difference_statistics,
     histogram,
     junit_properties,
     match_thresholds,
     model_identity,
+    statistics,
     summarize,
 )
 from cnnaudit.regions import Regions
-from cnnaudit.scores import Scores
+from cnnaudit.scores import Scores, compare
 
 
 def make_heatmaps(n: int, size: int = 24) -> Heatmaps:
@@ -115,7 +118,7 @@ def test_failed_comparisons_become_thresholds_of_the_statistic_they_used() -> No
     comparisons = [(">=", 0.3, 0.5), ("<=", 0.5, 0.2), (">", 0.22, 0.3), ("<", 0.77, 0.1)]
     # mean == median: the mean is preferred; "0.5 <= min" is mirrored to "min() >= 0.5";
     # in "q10 > 0.3" both sides are statistics and the left one is taken; 0.77 and 0.1 match nothing
-    assert match_thresholds(summary, comparisons) == [
+    assert match_thresholds(statistics(summary), comparisons) == [
         {"stat": "mean()", "op": ">=", "value": 0.5, "actual": 0.3},
         {"stat": "min()", "op": ">=", "value": 0.5, "actual": 0.2},
         {"stat": "quantile(0.1)", "op": ">", "value": 0.3, "actual": 0.22},
@@ -129,6 +132,8 @@ def test_recorder_keeps_only_finite_numeric_comparisons() -> None:
     recorder.compared("==", "a", "b")
     recorder.compared("<", float("nan"), 1.0)
     recorder.compared("in", 1, 2)
+    recorder.compared("<", 0.03, 0.05)  # pytest explains the passing half of a failed "a and b" too
+    recorder.compared("==", 0.5, 0.5)
     assert recorder._comparisons == [(">=", 0.3, 0.5)]
 
 
@@ -261,6 +266,157 @@ def test_junit_properties_name_each_statistic() -> None:
     assert props["cnnaudit.m.n"] == 2 and props["cnnaudit.m.mean"] == pytest.approx(0.3)
     assert props["cnnaudit.m.delta_mean"] == pytest.approx(0.05)
     assert set(props) == {f"cnnaudit.m.{k}" for k in ("n", "n_undefined", "mean", "ci_low", "ci_high", "delta_mean")}
+
+
+# ---- comparisons (cnnaudit.compare) -----------------------------------------------------------------
+def face_mass(n: int = 16, seed: int = 5) -> tuple[Scores, np.ndarray]:
+    """A ``mass_in(face)`` Scores over ``n`` images (two undefined) and a gender per image."""
+    rng = np.random.default_rng(seed)
+    values = rng.uniform(0.0, 0.6, n)
+    values[[3, 10]] = np.nan
+    genders = np.array(["female", "male"] * (n // 2))
+    return Scores(values, "mass_in(face)", ids=[f"img{i}" for i in range(n)]), genders
+
+
+def test_an_unpaired_comparison_is_recorded_with_its_own_numbers() -> None:
+    face, genders = face_mass()
+    recorder = EvidenceRecorder("t", None)
+    with evidence.recording(recorder):
+        groups = face.by(genders)
+        gap = compare(groups["female"], groups["male"])
+    (recorded,) = recorder.finish()["comparisons"]
+    female, male = face.values[genders == "female"], face.values[genders == "male"]
+    female, male = female[~np.isnan(female)], male[~np.isnan(male)]  # image 10 (female) and 3 (male) are undefined
+    fresh = compare(Scores(female, "f"), Scores(male, "m"))  # computed again, outside any recording
+    assert recorded["key"] == recorded["name"] == "mass_in(face)[female] \u2212 mass_in(face)[male]"
+    assert recorded["paired"] is False and (recorded["a"]["n"], recorded["b"]["n"]) == (7, 7)
+    assert recorded["mean"] == gap.mean == pytest.approx(female.mean() - male.mean())
+    assert (recorded["a"]["mean"], recorded["b"]["mean"]) == (pytest.approx(female.mean()), pytest.approx(male.mean()))
+    assert recorded["ci"] == {"low": fresh.ci().low, "high": fresh.ci().high, "level": 0.95}
+    assert recorded["ci"]["low"] < recorded["mean"] < recorded["ci"]["high"]
+    assert recorded["p_value"] == fresh.p_value == gap.p_value and 0 < recorded["p_value"] <= 1
+    assert (recorded["a"]["key"], recorded["b"]["key"]) == ("mass_in(face)[female]", "mass_in(face)[male]")
+    assert recorded["thresholds"] == []
+    json.dumps(recorded, allow_nan=False)
+
+
+def test_a_paired_comparison_records_the_pairs_it_used() -> None:
+    face, _ = face_mass()
+    tools = Scores(np.linspace(0.9, 0.4, 16), "mass_in(tools)", ids=list(reversed(face.ids)))  # same images, other order
+    recorder = EvidenceRecorder("t", None)
+    with evidence.recording(recorder):
+        gap = compare(tools, face)
+    (recorded,) = recorder.finish()["comparisons"]
+    # pairs in the order of the first side's ids (img15 ... img0), those with an undefined side dropped
+    x, y = tools.values, face.values[::-1]
+    keep = ~np.isnan(y)
+    x, y = x[keep], y[keep]
+    assert gap.paired and recorded["paired"] is True and recorded["a"]["n"] == recorded["b"]["n"] == 14
+    assert recorded["mean"] == pytest.approx(np.mean(x - y)) and recorded["a"]["mean"] == pytest.approx(x.mean())
+    # the same numbers from scipy directly: BCa over resampled pairs, sign-flip permutation test
+    boot = stats.bootstrap((x, y), lambda u, v, axis: np.mean(u - v, axis=axis), paired=True, vectorized=True,
+                           n_resamples=9999, method="BCa", rng=np.random.default_rng(0))
+    flips = stats.permutation_test((x, y), lambda u, v, axis: np.mean(u - v, axis=axis), permutation_type="samples",
+                                   vectorized=True, n_resamples=9999, rng=np.random.default_rng(0))
+    assert recorded["ci"]["low"] == pytest.approx(boot.confidence_interval.low, rel=1e-9)
+    assert recorded["ci"]["high"] == pytest.approx(boot.confidence_interval.high, rel=1e-9)
+    assert recorded["p_value"] == pytest.approx(flips.pvalue, rel=1e-9)
+    assert recorded["key"] == "mass_in(tools) \u2212 mass_in(face)"  # sides made outside the test: their names
+
+
+def test_statistics_are_computed_only_when_a_recorder_summarises(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cnnaudit.scores
+
+    calls = {"bootstrap": 0, "permutation": 0}
+    bootstrap, permutation = cnnaudit.scores.bootstrap_interval, stats.permutation_test
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("computed a statistic nobody asked for")
+
+    monkeypatch.setattr(cnnaudit.scores, "bootstrap_interval", refuse)
+    monkeypatch.setattr(stats, "permutation_test", refuse)
+    face, genders = face_mass()
+    groups = face.by(genders)
+    gap = compare(groups["female"], groups["male"])  # no recorder: an ordinary library object
+    assert gap.mean == pytest.approx(groups["female"].mean() - groups["male"].mean())
+
+    def counted(name: str, function: object) -> object:
+        def wrapper(*args: object, **kwargs: object) -> object:
+            calls[name] += 1
+            return function(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(cnnaudit.scores, "bootstrap_interval", counted("bootstrap", bootstrap))
+    monkeypatch.setattr(stats, "permutation_test", counted("permutation", permutation))
+    recorder = EvidenceRecorder("t", None)
+    with evidence.recording(recorder):
+        lazy = compare(groups["female"], groups["male"])
+        asked = compare(groups["male"], groups["female"])
+        asked.ci(), asked.p_value  # the test's own calls
+    assert calls == {"bootstrap": 1, "permutation": 1}  # nothing for `lazy` while the test runs
+    out = recorder.finish()["comparisons"]
+    assert calls == {"bootstrap": 2, "permutation": 2}  # `lazy` once at finish; `asked` reused from its caches
+    assert [c["mean"] for c in out] == [lazy.mean, asked.mean] and out[1]["p_value"] == asked.p_value
+
+
+def test_a_failed_assertion_on_a_comparison_is_matched_to_its_statistic() -> None:
+    a, b = Scores([0.1, 0.2, 0.3, 0.25, 0.15, 0.05], "f"), Scores([0.6, 0.7, 0.5, 0.65, 0.55, 0.45], "m")
+    recorder = EvidenceRecorder("t", None)
+    with evidence.recording(recorder):
+        gap = compare(a, b)
+        close = compare(a, a, paired=False)
+    # every f is below every m: of the C(12, 6) = 924 relabellings only this one is as low, so p = 2 / 924
+    assert gap.mean == pytest.approx(0.175 - 0.575) and gap.p_value == pytest.approx(2 / 924) and close.mean == 0
+    # what pytest reports for a failed `assert abs(gap.mean) < 0.05 and gap.p_value > 0.01`
+    recorder.compared("<", abs(gap.mean), 0.05)
+    recorder.compared(">", gap.p_value, 0.01)
+    # a failed `assert close.p_value < 0.5` (p = 1 here), and `assert 0.05 <= close.ci().low`, mirrored
+    recorder.compared("<", close.p_value, 0.5)
+    recorder.compared("<=", 0.05, close.ci().low)
+    first, second = recorder.finish()["comparisons"]
+    assert first["thresholds"] == [
+        {"stat": "abs(mean)", "op": "<", "value": 0.05, "actual": abs(gap.mean)},
+        {"stat": "p_value", "op": ">", "value": 0.01, "actual": gap.p_value},
+    ]
+    assert second["key"] == "f \u2212 f" and second["thresholds"] == [
+        {"stat": "p_value", "op": "<", "value": 0.5, "actual": 1.0},
+        {"stat": "ci().low", "op": ">=", "value": 0.05, "actual": close.ci().low},
+    ]
+
+
+def test_difference_statistics_prefer_the_plain_mean() -> None:
+    summary = {"mean": 0.2, "p_value": 0.3, "ci": {"low": None, "high": None, "level": 0.95}}
+    assert difference_statistics(summary) == {"mean": 0.2, "abs(mean)": 0.2, "p_value": 0.3}
+    assert match_thresholds(difference_statistics(summary), [("<", 0.2, 0.1)])[0]["stat"] == "mean"
+
+
+def test_comparisons_name_their_sides_by_their_keys_in_the_test() -> None:
+    values = np.array([0.1, 0.5, 0.2, 0.6, 0.3, 0.7])
+    recorder = EvidenceRecorder("t", None)
+    with evidence.recording(recorder):
+        face = Scores(values, "mass_in(face)", ids=range(6))
+        female = face.where(np.array([True, False] * 3))
+        male = face.where(np.array([False, True] * 3))
+        compare(female, male)
+        compare(female, male)
+        single = compare(Scores([0.4], "x"), Scores([0.1, 0.2], "y"))
+    out = recorder.finish()
+    # where() names both halves "mass_in(face)[3/6]"; their keys in the test tell them apart
+    assert [s["key"] for s in out["scores"]][1:3] == ["mass_in(face)[3/6]", "mass_in(face)[3/6]#2"]
+    keys = [c["key"] for c in out["comparisons"]]
+    assert keys[:2] == ["mass_in(face)[3/6] \u2212 mass_in(face)[3/6]#2", "mass_in(face)[3/6] \u2212 mass_in(face)[3/6]#2#2"]
+    assert out["comparisons"][0]["mean"] == pytest.approx(0.2 - 0.6)
+    # one value on a side: the interval is unbounded and the p-value undefined, both recorded as None
+    assert single.ci().low == -np.inf and out["comparisons"][2]["ci"] == {"low": None, "high": None, "level": 0.95}
+    assert out["comparisons"][2]["p_value"] is None and out["notes"] == []
+    props = dict(junit_properties(out))
+    prefix = f"cnnaudit.{keys[0]}"
+    assert props[f"{prefix}.mean"] == pytest.approx(-0.4) and props[f"{prefix}.paired"] is False
+    assert (props[f"{prefix}.n_a"], props[f"{prefix}.n_b"]) == (3, 3) and props[f"{prefix}.mean_b"] == pytest.approx(0.6)
+    assert props[f"{prefix}.p_value"] == out["comparisons"][0]["p_value"]
+    assert {k.removeprefix(prefix + ".") for k in props if k.startswith(prefix + ".")} == {
+        "mean", "ci_low", "ci_high", "p_value", "paired", "n_a", "n_b", "mean_a", "mean_b",
+    }
 
 
 # ---- render helpers --------------------------------------------------------------------------------

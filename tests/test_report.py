@@ -13,7 +13,7 @@ import pytest
 from cnnaudit import evidence, report
 from cnnaudit.records import EvidenceRecorder
 from cnnaudit.results import RunResults
-from cnnaudit.scores import Scores
+from cnnaudit.scores import Scores, compare
 
 
 def phase(nodeid: str, when: str, outcome: str, longrepr: object = None, **extra: object) -> pytest.TestReport:
@@ -142,6 +142,40 @@ def test_json_holds_the_document_with_a_relative_image_folder(tmp_path: Path) ->
     loaded = json.loads(out.read_text())
     assert loaded["images_dir"] == ".." and loaded["verdict"] == "fail" and loaded["counts"]["failed"] == 1
     assert loaded["tests"][0]["evidence"]["scores"][0]["key"] == "mass_in(tools)"
+
+
+def test_comparisons_appear_in_the_html_and_the_json_escaped(tmp_path: Path) -> None:
+    evil = "<b onmouseover=alert(1)>f</b>"
+    recorder = EvidenceRecorder("t.py::test_gap", None)
+    with evidence.recording(recorder):
+        gap = compare(Scores([0.1, 0.2, 0.3, 0.25, 0.15, 0.05], evil), Scores([0.6, 0.7, 0.5, 0.65, 0.55, 0.45], "m"))
+        compare(Scores([0.4, 0.5], "x", ids=["i", "j"]), Scores([0.3, 0.1], "y", ids=["j", "i"]))
+    recorder.compared(">", gap.p_value, 0.01)  # a failed `assert gap.p_value > 0.01`
+    results = RunResults()
+    run_test(results, "t.py::test_gap", "failed", longrepr="AssertionError", evidence=recorder.finish())
+    environment = {"cnnaudit": "0", "python": "3", "platform": "p", "torch": "2", "cuda": None,
+                   "cuda_available": False, "gpus": [], "device": "cpu"}
+    doc = report.document(results, environment=environment, interrupted=False, in_progress=False, image_dir=None,
+                          baseline=None, started=0.0, finished=1.0)
+    report.write_json(tmp_path / "r.json", doc)
+    unpaired, paired = json.loads((tmp_path / "r.json").read_text())["tests"][0]["evidence"]["comparisons"]
+    assert unpaired["key"] == f"{evil} \u2212 m" and unpaired["paired"] is False
+    assert (unpaired["a"]["n"], unpaired["b"]["n"]) == (6, 6) and unpaired["mean"] == pytest.approx(0.175 - 0.575)
+    assert unpaired["p_value"] == gap.p_value and unpaired["ci"]["low"] == gap.ci().low
+    assert unpaired["thresholds"] == [{"stat": "p_value", "op": ">", "value": 0.01, "actual": gap.p_value}]
+    assert paired["paired"] is True and paired["mean"] == pytest.approx(((0.4 - 0.1) + (0.5 - 0.3)) / 2)
+
+    report.write_html(tmp_path / "r.html", doc)
+    text = (tmp_path / "r.html").read_text()
+    assert evil not in text and text.count(f"<code>{markupsafe.escape(evil)} \u2212 m</code>") == 1
+    row = text[text.index('<tr class="diff bad">'):]
+    row = row[: row.index("</tr>")]
+    low, high = gap.ci().low, gap.ci().high
+    assert f"<b>\u2212{report._num(0.4)}</b>" in row  # mean difference 0.175 - 0.575, signed
+    assert f"95% [{report._signed(low)}, {report._signed(high)}]" in row and "unpaired, 6 vs 6" in row
+    assert f"<td>{report._num(gap.p_value)}</td>" in row and "<code>p_value &gt; 0.0100</code>" in row
+    assert "paired, 2 pairs" in text and '<section class="card comparisons gate-failed">' in text
+    assert f"{markupsafe.escape(evil.lower())} \u2212 m" in text  # in the search text of the test
 
 
 def test_atomic_open_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:

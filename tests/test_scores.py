@@ -109,7 +109,7 @@ def test_compare_unpaired_hand_computed():
     assert diff.p_value == pytest.approx(2 / 6)
     # every resampled difference of means lies in [1 - 4, 2 - 3]
     assert -3.0 <= diff.ci().low <= diff.ci().high <= -1.0
-    assert repr(diff).startswith("Difference(a - b: mean=-2")
+    assert repr(diff).startswith("Difference(a \u2212 b: mean=-2")
 
 
 def test_compare_pairs_by_id_when_both_come_from_the_same_images():
@@ -164,6 +164,15 @@ def test_permutation_p_values_are_uniform_under_the_null(paired):
         p_values.append(diff.p_value)
     assert stats.kstest(p_values, "uniform").pvalue > 0.01
     assert 0.02 <= np.mean(np.array(p_values) < 0.1) <= 0.2
+
+
+def test_a_p_value_needs_two_values_on_each_side():
+    one = compare(Scores([0.4], "x"), Scores([0.1, 0.2], "y"))
+    with pytest.raises(UndefinedScoresError, match=r"x \u2212 y: a p-value needs two or more values on each side, got 1 and 2"):
+        one.p_value
+    assert one.ci().low == -np.inf and "p=undefined" in repr(one)
+    with pytest.raises(UndefinedScoresError, match="got 1 and 1"):
+        compare(Scores([0.4], "x", ids=["i"]), Scores([0.1], "y", ids=["i"])).p_value
 
 
 def test_compare_of_undefined_scores_raises():

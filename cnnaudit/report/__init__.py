@@ -191,10 +191,10 @@ def test_anchor(nodeid: str) -> str:
 
 
 def search_text(entry: dict) -> str:
-    """What the report's search box matches for a test: node id, outcome, message, Scores keys, notes."""
+    """What the report's search box matches for a test: node id, outcome, message, Scores and comparison keys, notes."""
     evidence = entry["evidence"] or {}
     parts = [entry["nodeid"], entry["outcome"], entry["message"]]
-    parts += [s["key"] for s in evidence.get("scores", [])] + list(evidence.get("notes", []))
+    parts += [s["key"] for s in evidence.get("scores", []) + evidence.get("comparisons", [])] + list(evidence.get("notes", []))
     return " ".join(parts).lower()
 
 
