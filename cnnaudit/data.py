@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cnnaudit.groups import GroupColumn
 from cnnaudit.images import as_batch
 from cnnaudit.regions import Regions, Size, _parse_entry, _positions, unknown_name
 
@@ -194,11 +195,12 @@ class ImageSet:
             keep &= np.array([item == value for item in column], dtype=bool)
         return self._take(np.flatnonzero(keep))
 
-    def group(self, name: str) -> np.ndarray:
-        """The group column ``name``, one value per image (``s.group("g") == "f"`` is a bool mask)."""
+    def group(self, name: str) -> GroupColumn:
+        """The group column ``name``, one value per image; ``s.group("g") == "f"`` is a bool mask
+        that names itself ``g=f`` (see :mod:`cnnaudit.groups`)."""
         if name not in self._groups:
             raise KeyError(unknown_name(name, sorted(self._groups), "group"))
-        return self._groups[name]
+        return GroupColumn(self._groups[name], name)
 
     @property
     def groups(self) -> list[str]:

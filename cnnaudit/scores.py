@@ -151,7 +151,12 @@ class Scores:
 
     # ---- subsets --------------------------------------------------------------------------
     def where(self, mask: Any, name: str | None = None) -> Scores:
-        """The values where the boolean ``mask`` (one per value) is True."""
+        """The values where the boolean ``mask`` (one per value) is True.
+
+        Named ``name``, else ``<name>[<label>]`` for a mask that carries a label
+        (``group("gender") == "female"`` gives ``[gender=female]``), else ``<name>[<kept>/<n>]``.
+        """
+        label = getattr(mask, "label", None)
         if hasattr(mask, "detach"):
             mask = mask.detach().cpu().numpy()
         keep = np.asarray(mask)
@@ -165,7 +170,7 @@ class Scores:
                 source["index"] = np.asarray(source["index"])[positions]
         return Scores(
             self.values[positions],
-            name if name is not None else f"{self.name}[{positions.size}/{self.n}]",
+            name if name is not None else f"{self.name}[{label if label else f'{positions.size}/{self.n}'}]",
             ids=None if self.ids is None else [self.ids[p] for p in positions],
             unit=self.unit,
             source=source,

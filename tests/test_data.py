@@ -93,6 +93,32 @@ def test_where_group_and_region_selection():
         people.where([1, 0, 1, 0, 1, 0])
 
 
+def test_a_selection_from_a_group_names_the_scores_it_selects():
+    """``scores.where(group == value)`` is named after the comparison; anything else falls back to counts."""
+    import pickle
+
+    from cnnaudit.scores import Scores, compare
+
+    people = ImageSet(torch.rand(4, 3, 4, 4), groups={"gender": ["f", "m", "f", "m"], "age": [30, 50, 41, 20]})
+    face = Scores(np.array([0.1, 0.2, 0.3, 0.4]), "mass_in(face)")
+    gender, age = people.group("gender"), people.group("age")
+    assert face.where(gender == "f").name == "mass_in(face)[gender=f]"
+    assert face.where("m" == gender).name == "mass_in(face)[gender=m]"
+    assert face.where(age > 40).name == "mass_in(face)[age>40]" and face.where(age <= 40).name == "mass_in(face)[age<=40]"
+    assert face.where(gender != "f", name="men").name == "men"  # an explicit name wins
+    # combining, negating, slicing or copying through numpy drops the label: it described one comparison
+    combined = (gender == "f") & (age > 40)
+    assert combined.tolist() == [False, False, True, False] and face.where(combined).name == "mass_in(face)[1/4]"
+    assert face.where(~(gender == "f")).name == "mass_in(face)[2/4]"
+    assert type((gender == "f")[:2]) is np.ndarray and type(np.logical_not(gender == "f")) is np.ndarray
+    # a comparison with an array is element-wise and unlabelled; a pickled selection is a plain mask
+    assert type(age > np.array([0, 60, 0, 60])) is np.ndarray
+    assert type(pickle.loads(pickle.dumps(gender == "f"))) is np.ndarray
+    assert gender.tolist() == ["f", "m", "f", "m"] and list(gender) == ["f", "m", "f", "m"] and gender[1] == "m"
+    gap = compare(face.where(gender == "f"), face.where(gender == "m"))
+    assert gap.name == "mass_in(face)[gender=f] \u2212 mass_in(face)[gender=m]" and gap.mean == pytest.approx(-0.1)
+
+
 def test_size_resizes_images_and_scales_regions_the_same_way():
     image = np.zeros((8, 12, 3), np.uint8)
     image[2:6, 2:8] = 255  # a bright block exactly where the box is
