@@ -115,8 +115,19 @@ class EvidenceRecorder:
                 self._comparisons.append((op, float(left), float(right)))
 
     def key_of(self, scores: Any) -> str:
-        """The key ``scores`` is recorded under in this test (its name, ``#2``… for repeats)."""
-        return self._keys.get(id(scores), str(getattr(scores, "name", "scores")))
+        """The key ``scores`` is recorded under in this test (its name, ``#2``… for repeats).
+
+        ``ValueError`` for a Scores this test did not record: it has no key, and a baseline
+        would never store it.
+        """
+        if id(scores) not in self._keys:
+            raise ValueError(
+                f"Scores {getattr(scores, 'name', scores)!r} was not computed in test {self.nodeid!r} (it comes from "
+                "outside the test, e.g. a module- or session-scoped fixture), so it is not part of this test's "
+                "evidence and no baseline stores it; compute the Scores inside the test (the Subject's heatmap "
+                "cache makes that cheap)"
+            )
+        return self._keys[id(scores)]
 
     # ---- result -----------------------------------------------------------------------------
     def finish(self, baseline_entry: Callable[[str], dict | None] = lambda key: None) -> dict:

@@ -487,14 +487,15 @@ def test_a_lookup_without_an_entry_answers_with_the_recording_as_the_file_would(
     assert everything(answered) == everything(read_back) and answered.ci().low < 7 / 3 < answered.ci().high
 
     # with the entry stored, the lookup returns it (no warning); without a save path a missing entry still raises
+    # (the recorder has finished, so these lookups key by name)
     stored = Baseline(tmp_path / "base.json")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        refreshed = BaselineLookup(stored, "test_a.py::test_gate", recorder.key_of, lambda subject: environment,
+        refreshed = BaselineLookup(stored, "test_a.py::test_gate", lambda s: s.name, lambda subject: environment,
                                    saving_to=tmp_path / "base.json")(Scores([0.0], name="accuracy"))
     assert refreshed.mean() == pytest.approx(7 / 3)
     with pytest.raises(BaselineMissing, match="no baseline for Scores 'recall'"):
-        BaselineLookup(stored, "test_a.py::test_gate", recorder.key_of, lambda subject: environment)(
+        BaselineLookup(stored, "test_a.py::test_gate", lambda s: s.name, lambda subject: environment)(
             Scores([0.0], name="recall"))
 
 
@@ -504,6 +505,25 @@ def test_the_baseline_fixture_without_a_file_says_how_to_get_one(pytester: pytes
     result.stdout.fnmatch_lines([
         "*no baseline file was given: run with --cnnaudit-baseline=PATH (create PATH with --cnnaudit-save-baseline=PATH)"
     ])
+
+
+def test_a_baseline_of_scores_made_outside_the_test_is_refused_clearly(pytester: pytest.Pytester) -> None:
+    """A session fixture's Scores is not this test's evidence: no baseline would ever store it."""
+    pytester.makepyfile(test_audit="""
+import pytest
+from cnnaudit import Scores
+
+@pytest.fixture(scope="session")
+def accuracy():
+    return Scores([0.9, 1.0], name="accuracy")
+
+def test_gate(accuracy, baseline):
+    assert accuracy.mean() >= baseline(accuracy).mean() - 0.05
+""")
+    result = run(pytester, "--cnnaudit-save-baseline=base.json")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*ValueError: Scores 'accuracy' was not computed in test 'test_audit.py::test_gate' "
+                                 "(it comes from outside the test, e.g. a module- or session-scoped fixture)*"])
 
 
 def test_saving_a_partial_run_keeps_other_tests_entries(pytester: pytest.Pytester) -> None:

@@ -87,11 +87,11 @@ def test_extremes_follow_the_source_index_of_a_subset(tmp_path: Path) -> None:
     with evidence.recording(recorder):
         whole = heatmaps.mass_in(regions)
         subset = whole.where(np.array([False, True, False, True, False, True]))
+    assert recorder.key_of(subset) == "mass_in(box)[3/6]"
     out = recorder.finish()["scores"]
     assert [s["key"] for s in out] == ["mass_in(box)", "mass_in(box)[3/6]"]
     shown = {image["title"] for label in ("lowest", "highest") for image in out[1]["images"][label]}
     assert shown == {"1", "3", "5"}
-    assert recorder.key_of(subset) == "mass_in(box)[3/6]"
 
 
 def test_summary_statistics_are_the_scores_own() -> None:
@@ -152,7 +152,8 @@ def test_repeated_names_get_distinct_keys(tmp_path: Path) -> None:
     with evidence.recording(recorder):
         first, second, third = Scores([1.0], "m"), Scores([2.0], "m"), Scores([3.0], "m")
     assert [recorder.key_of(s) for s in (first, second, third)] == ["m", "m#2", "m#3"]
-    assert recorder.key_of(Scores([1.0], "unrecorded")) == "unrecorded"
+    with pytest.raises(ValueError, match=r"Scores 'unrecorded' was not computed in test 't' \(it comes from outside the test"):
+        recorder.key_of(Scores([1.0], "unrecorded"))
 
 
 def test_images_per_test_are_capped(tmp_path: Path) -> None:
