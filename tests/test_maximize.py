@@ -310,10 +310,14 @@ def test_transforms_are_per_image_and_rotation_matches_rot90() -> None:
     assert together.shape == (2, 3, 20 + 2 * standard.pad, 20 + 2 * standard.pad)
     assert torch.allclose(together, apart, atol=1e-6)
     quarter = Transforms(pad=0, jitter=0, scale=(1.0, 1.0), rotate=90.0, jitter_after=0)
-    theta = quarter._theta(torch.tensor([0.5, 0.5, 0.0, 1.0, 0.5, 0.5]), 20)  # angle +90 degrees
-    grid = F.affine_grid(theta[None], [1, 3, 20, 20], align_corners=False)
+    theta = quarter.thetas(torch.tensor([[0.5, 0.5, 0.0, 1.0, 0.5, 0.5]]), 20)  # angle +90 degrees
+    grid = F.affine_grid(theta, [1, 3, 20, 20], align_corners=False)
     rotated = F.grid_sample(images[:1], grid, mode="bilinear", align_corners=False)
     assert torch.allclose(rotated, torch.rot90(images[:1], k=-1, dims=(2, 3)), atol=1e-5)
+    # by hand, 20 px wide (0.1 per px): jitter (+5, -5) px -> t1 = (0.5, -0.5); scale 2 -> a = I / 2; b = -t1
+    shift_and_scale = Transforms(pad=0, jitter=5, scale=(0.5, 2.0), rotate=0.0, jitter_after=0)
+    expected = torch.tensor([[[0.5, 0.0, -0.5], [0.0, 0.5, 0.5]]])
+    assert torch.allclose(shift_and_scale.thetas(torch.tensor([[1.0, 0.0, 1.0, 0.5, 0.5, 0.5]]), 20), expected)
 
 
 def test_fourier_image_and_multiscale_schedule() -> None:

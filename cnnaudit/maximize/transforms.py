@@ -49,18 +49,19 @@ class Transforms:
             images = F.pad(images, (self.pad,) * 4, value=0.5)
         if self.jitter == self.jitter_after == 0 and self.scale == (1.0, 1.0) and self.rotate == 0:
             return images
-        theta = torch.stack([self._theta(torch.rand(6, generator=g), images.shape[-1]) for g in generators])
+        uniforms = torch.stack([torch.rand(6, generator=g) for g in generators])
+        theta = self.thetas(uniforms, images.shape[-1])
         grid = F.affine_grid(theta.to(images.device, images.dtype), list(images.shape), align_corners=False)
         return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
-    def _theta(self, u: torch.Tensor, width: int) -> torch.Tensor:
-        """The ``2x3`` sampling matrix for one image from 6 uniforms in ``[0,1)``."""
+    def thetas(self, u: torch.Tensor, width: int) -> torch.Tensor:
+        """The ``(N,2,3)`` sampling matrices from 6 uniforms in ``[0,1)`` per image (``(N,6)``), all at once."""
         to_unit = 2.0 / width
-        t1 = (2 * u[0:2] - 1) * self.jitter * to_unit
-        s = self.scale[0] + u[2] * (self.scale[1] - self.scale[0])
-        angle = math.radians(self.rotate) * (2 * u[3] - 1)
-        t2 = (2 * u[4:6] - 1) * self.jitter_after * to_unit
+        t1 = (2 * u[:, 0:2] - 1) * self.jitter * to_unit
+        s = self.scale[0] + u[:, 2] * (self.scale[1] - self.scale[0])
+        angle = math.radians(self.rotate) * (2 * u[:, 3] - 1)
+        t2 = (2 * u[:, 4:6] - 1) * self.jitter_after * to_unit
         cos, sin = torch.cos(angle), torch.sin(angle)
-        a = torch.stack([torch.stack([cos, sin]), torch.stack([-sin, cos])]) / s  # R(-angle) / s
-        b = -(a @ t2) - t1
-        return torch.cat([a, b[:, None]], dim=1)
+        a = torch.stack([torch.stack([cos, sin], dim=1), torch.stack([-sin, cos], dim=1)], dim=1) / s[:, None, None]  # R(-angle) / s
+        b = -(a @ t2[:, :, None])[:, :, 0] - t1
+        return torch.cat([a, b[:, :, None]], dim=2)
