@@ -135,31 +135,11 @@ class EvidenceRecorder:
 
         The recorder lets go of the Scores and Differences it held (and the heatmaps and images behind them).
         """
-        comparisons = []
-        for key, diff, side_keys in self._differences:
-            try:
-                summary = summarize_difference(diff)
-            except Exception as error:  # noqa: BLE001 - recording must not fail the audit
-                self.note(f"cnnaudit could not summarise comparison {key!r}: {type(error).__name__}: {error}")
-                continue
-            summary = {"key": key, **summary}
-            summary["a"]["key"], summary["b"]["key"] = side_keys
-            summary["thresholds"] = match_thresholds(difference_statistics(summary), self._comparisons)
-            comparisons.append(summary)
+        comparisons = self._summaries("comparison", self._differences, self._comparison_summary)
         self._differences = []
-        scores = []
-        for key, obj, images in self._scores:
-            try:
-                summary = summarize(obj)
-            except Exception as error:  # noqa: BLE001 - recording must not fail the audit
-                self.note(f"cnnaudit could not summarise Scores {key!r}: {type(error).__name__}: {error}")
-                continue
-            summary.update(key=key, images=images, model=_identity_of_source(obj))
-            summary["thresholds"] = match_thresholds(statistics(summary), self._comparisons)
-            summary["baseline"] = baseline_entry(key)
-            summary["delta_mean"] = _delta(summary["mean"], (summary["baseline"] or {}).get("mean"))
-            summary["histogram"] = histogram(obj.values, _markers(summary))
-            scores.append(summary)
+        scores = self._summaries(
+            "Scores", self._scores, lambda key, obj, images: self._scores_summary(key, obj, images, baseline_entry)
+        )
         self._scores, self._keys = [], {}
         if "torch" in sys.modules:
             self._seeds.add(int(sys.modules["torch"].initial_seed()))
@@ -181,6 +161,31 @@ class EvidenceRecorder:
             "environment": environment,
             "dropped_images": self._dropped,
         }
+
+    def _summaries(self, kind: str, entries: list[tuple], summary: Callable[..., dict]) -> list[dict]:
+        """``summary(*entry)`` of each entry; one that fails becomes a note (recording must not fail the audit)."""
+        done = []
+        for entry in entries:
+            try:
+                done.append(summary(*entry))
+            except Exception as error:  # noqa: BLE001 - see the docstring
+                self.note(f"cnnaudit could not summarise {kind} {entry[0]!r}: {type(error).__name__}: {error}")
+        return done
+
+    def _comparison_summary(self, key: str, diff: Any, side_keys: tuple[str | None, str | None]) -> dict:
+        summary = {"key": key, **summarize_difference(diff)}
+        summary["a"]["key"], summary["b"]["key"] = side_keys
+        summary["thresholds"] = match_thresholds(difference_statistics(summary), self._comparisons)
+        return summary
+
+    def _scores_summary(self, key: str, obj: Any, images: dict, baseline_entry: Callable[[str], dict | None]) -> dict:
+        summary = summarize(obj)
+        summary.update(key=key, images=images, model=_identity_of_source(obj))
+        summary["thresholds"] = match_thresholds(statistics(summary), self._comparisons)
+        summary["baseline"] = baseline_entry(key)
+        summary["delta_mean"] = _delta(summary["mean"], (summary["baseline"] or {}).get("mean"))
+        summary["histogram"] = histogram(obj.values, _markers(summary))
+        return summary
 
     # ---- observers ----------------------------------------------------------------------------
     def _observe_heatmaps(self, heatmaps: Any) -> None:

@@ -465,3 +465,16 @@ def test_thumbnail_shrinks_the_long_side_and_never_enlarges() -> None:
     image = np.zeros((100, 300, 3), np.uint8)
     assert render.thumbnail(image, 150).shape == (50, 150, 3)
     assert render.thumbnail(image, 400) is image
+
+
+def test_a_summary_that_fails_becomes_a_note_and_the_rest_is_kept() -> None:
+    recorder = EvidenceRecorder("t", None)
+    with evidence.recording(recorder):
+        broken, fine = Scores([0.1, 0.2], "broken"), Scores([0.3, 0.4], "fine")
+        gap = compare(Scores([0.1, 0.2, 0.3], "a"), Scores([0.4, 0.5, 0.6], "b"))
+    broken.values = None  # summarising it now fails
+    gap.a = None  # and so does the comparison's interval
+    out = recorder.finish()
+    assert [s["key"] for s in out["scores"]] == ["fine", "a", "b"] and out["comparisons"] == []
+    assert [note.split(":")[0] for note in out["notes"]] == [
+        "cnnaudit could not summarise comparison 'a \u2212 b'", "cnnaudit could not summarise Scores 'broken'"]
