@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 
 import torch
 from torchvision.models import resnet18
@@ -23,7 +22,7 @@ from torchvision.models import resnet18
 import cnnaudit as ca
 from cnnaudit.subject import resolve_device
 from cnnaudit.maximize import Visualizations, maximize
-from timing import interleaved
+from timing import interleaved, spread
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -46,8 +45,7 @@ def measure_maximize(device: torch.device, *, layer: str = "layer2", channels: i
     times = interleaved({"batched": batched, "one_at_a_time": one_at_a_time}, subject.device, repeats)
     together = outputs["batched"][0].images
     differences = sorted((single.images[0] - together[k]).abs().max().item() for k, single in enumerate(outputs["one_at_a_time"]))
-    seconds = {name: {"median": round(statistics.median(t), 3), "min": round(min(t), 3), "max": round(max(t), 3)}
-               for name, t in times.items()}
+    seconds = spread(times)
     return {
         "model": "resnet18 (random init, seed 0)",
         "layer": layer,

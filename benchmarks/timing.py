@@ -41,13 +41,18 @@ def interleaved(variants: dict[str, Callable[[], object]], device: torch.device,
     return times
 
 
-def per_image_ms(times: dict[str, list[float]], images: int) -> dict[str, dict[str, float]]:
-    """Median, fastest and slowest milliseconds per image of each variant."""
+def spread(times: dict[str, list[float]], scale: float = 1.0) -> dict[str, dict[str, float]]:
+    """Median, fastest and slowest time of each variant, in seconds times ``scale``, to 3 decimals."""
     return {
-        name: {"median": round(1000 * statistics.median(values) / images, 3),
-               "min": round(1000 * min(values) / images, 3), "max": round(1000 * max(values) / images, 3)}
+        name: {"median": round(scale * statistics.median(values), 3), "min": round(scale * min(values), 3),
+               "max": round(scale * max(values), 3)}
         for name, values in times.items()
     }
+
+
+def per_image_ms(times: dict[str, list[float]], images: int) -> dict[str, dict[str, float]]:
+    """Median, fastest and slowest milliseconds per image of each variant."""
+    return spread(times, scale=1000 / images)
 
 
 def cpu_model() -> str:

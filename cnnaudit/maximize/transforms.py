@@ -62,6 +62,7 @@ class Transforms:
         angle = math.radians(self.rotate) * (2 * u[:, 3] - 1)
         t2 = (2 * u[:, 4:6] - 1) * self.jitter_after * to_unit
         cos, sin = torch.cos(angle), torch.sin(angle)
-        a = torch.stack([torch.stack([cos, sin], dim=1), torch.stack([-sin, cos], dim=1)], dim=1) / s[:, None, None]  # R(-angle) / s
+        rotation = torch.stack([torch.stack([cos, sin], dim=1), torch.stack([-sin, cos], dim=1)], dim=1)  # R(-angle)
+        a = rotation / s[:, None, None]
         b = -(a @ t2[:, :, None])[:, :, 0] - t1
         return torch.cat([a, b[:, :, None]], dim=2)
