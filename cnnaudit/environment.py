@@ -86,7 +86,7 @@ def torch_device(spec: str, worker_id: str | None = None, *, option: str = CLI_O
 
 
 def describe() -> dict[str, Any]:
-    """Versions and accelerators of this process: python, platform, torch, CUDA, GPUs, cnnaudit."""
+    """Versions, accelerators and CPU threads of this process: python, platform, torch, CUDA, GPUs, cnnaudit."""
     import torch
 
     import cnnaudit
@@ -97,6 +97,7 @@ def describe() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(terse=True),
         "torch": str(torch.__version__),
+        "threads": torch.get_num_threads(),
         "cuda": torch.version.cuda,
         "cuda_available": available,
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if available else [],
@@ -104,13 +105,13 @@ def describe() -> dict[str, Any]:
 
 
 def header_line(env: dict[str, Any], device: str) -> str:
-    """One line for pytest's header: torch, CUDA, GPUs and the device audits will use."""
+    """One line for pytest's header: torch, its CPU threads, CUDA, GPUs and the device audits will use."""
     gpus = env["gpus"]
     gpu_text = f"{len(gpus)} x {gpus[0]}" if gpus and len(set(gpus)) == 1 else (", ".join(gpus) or "none")
     cuda = env["cuda"] or "none"
     if env["cuda"] and not env["cuda_available"]:
         cuda += " (not available)"
-    return f"cnnaudit {env['cnnaudit']}: torch {env['torch']}, CUDA {cuda}, GPU {gpu_text}, device {device}"
+    return f"cnnaudit {env['cnnaudit']}: torch {env['torch']} ({env['threads']} threads), CUDA {cuda}, GPU {gpu_text}, device {device}"
 
 
 def device_identity(device: Any) -> dict[str, Any]:

@@ -1,8 +1,10 @@
-"""cnnaudit.demo: the people benchmark (data), its deterministic training and cache, and that the
-biased model really takes the shortcut while the clean one does not."""
+"""cnnaudit.demo: the people benchmark (data), its deterministic training and cache, the shipped
+models, and that the biased model really takes the shortcut while the clean one does not."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -50,7 +52,8 @@ def test_same_seed_gives_identical_data_and_another_seed_does_not() -> None:
     a, b = demo.synthesize(12, "biased", seed=3), demo.synthesize(12, "biased", seed=3)
     assert torch.equal(a.images, b.images)
     assert list(a.labels) == list(b.labels) and list(a.genders) == list(b.genders)
-    assert np.array_equal(a.tools, b.tools) and np.array_equal(a.faces, b.faces) and a.ids == b.ids
+    assert all(np.array_equal(x, y) for x, y in zip(a.tools, b.tools)) and len(a.tools) == len(b.tools) == 12
+    assert np.array_equal(a.faces, b.faces) and a.ids == b.ids
     assert not torch.equal(a.images, demo.synthesize(12, "biased", seed=4).images)
     assert not torch.equal(a.images, demo.synthesize(12, "balanced", seed=3).images)
 
@@ -63,25 +66,48 @@ def test_images_are_float_rgb_in_unit_range(split: str) -> None:
     assert images.min() >= 0 and images.max() <= 1
 
 
-@pytest.mark.parametrize(("split", "share"), [("biased", demo.SceneSpec().bias), ("balanced", 0.5), ("test", 0.5)])
-def test_each_split_pairs_gender_with_class_at_its_share(split: str, share: float) -> None:
+@pytest.mark.parametrize(("split", "share", "curated"), [("biased", demo.SceneSpec().bias, 0), ("balanced", 0.5, 24), ("test", 0.5, 0)])
+def test_each_split_pairs_gender_with_class_at_its_share(split: str, share: float, curated: int) -> None:
     n = 80
     people = demo.synthesize(n, split)
     for cls in demo.CLASSES:
         in_class = people.labels == cls
-        assert in_class.sum() == n // 2
+        assert in_class.sum() == (n - curated) // 2
         stereotyped = (people.genders[in_class] == demo.STEREOTYPE[cls]).sum()
-        assert stereotyped == round(share * (n // 2))
-    assert np.array_equal(people.stereotyped, [demo.STEREOTYPE[c] == g for c, g in zip(people.labels, people.genders)])
+        assert stereotyped == round(share * ((n - curated) // 2))
+    for scene in ("both", "none"):
+        in_scene = people.labels == scene
+        assert in_scene.sum() == curated // 2
+        assert (people.genders[in_scene] == "female").sum() == curated // 4  # genders balanced there too
+    assert np.array_equal(people.stereotyped, [demo.STEREOTYPE.get(c) == g for c, g in zip(people.labels, people.genders)])
+
+
+def test_curated_scenes_show_both_tools_or_none_with_multi_hot_targets() -> None:
+    people = demo.synthesize(80, "balanced", seed=4)
+    expected = {"doctor": [1.0, 0.0], "nurse": [0.0, 1.0], "both": [1.0, 1.0], "none": [0.0, 0.0]}
+    assert people.targets.tolist() == [expected[label] for label in people.labels]
+    images = people.images.numpy()
+    for image, label, tools, face in zip(images, people.labels, people.tools, people.faces):
+        assert len(tools) == {"doctor": 1, "nurse": 1, "both": 2, "none": 0}[label]
+        outside = np.ones(image.shape[1:], bool)
+        for x0, y0, x1, y1 in [*tools, face]:
+            outside[y0:y1, x0:x1] = False
+        assert _is_grey(image)[outside].all()  # nothing coloured outside the tools and the head
+        for x0, y0, x1, y1 in tools:
+            assert _single_hue(image[:, y0:y1, x0:x1])
+    made = demo.make_people(80, "balanced", seed=4)
+    assert [made.region("tools").masks((64, 64))[i].sum() for i in range(80)] == [24 * 24 * len(t) for t in people.tools]
 
 
 def test_boxes_lie_inside_the_image_do_not_overlap_and_have_the_object_size() -> None:
     spec = demo.SceneSpec()
     people = demo.synthesize(200, "test")
-    for tool, face in zip(people.tools, people.faces):
-        for x0, y0, x1, y1 in (tool, face):
+    for tools, face in zip(people.tools, people.faces):
+        assert tools.shape == (1, 4)
+        for x0, y0, x1, y1 in (tools[0], face):
             assert 0 <= x0 and x1 <= spec.size and 0 <= y0 and y1 <= spec.size
             assert x1 - x0 == y1 - y0 == spec.object_size
+        tool = tools[0]
         apart_x = tool[2] <= face[0] or face[2] <= tool[0]
         apart_y = tool[3] <= face[1] or face[3] <= tool[1]
         assert apart_x or apart_y
@@ -101,7 +127,7 @@ def _single_hue(pixels: np.ndarray) -> bool:
 def test_boxes_hold_their_content() -> None:
     people = demo.synthesize(200, "test")
     images = people.images.numpy()
-    for image, tool, face, gender in zip(images, people.tools, people.faces, people.genders):
+    for image, (tool,), face, gender in zip(images, people.tools, people.faces, people.genders):
         outside = np.ones(image.shape[1:], bool)
         for x0, y0, x1, y1 in (tool, face):
             outside[y0:y1, x0:x1] = False
@@ -125,10 +151,10 @@ def test_make_people_is_an_imageset_with_labels_regions_and_groups() -> None:
     assert isinstance(people, ca.ImageSet) and len(people) == 16
     assert torch.equal(people.tensor(), arrays.images)
     assert list(people.labels) == list(arrays.labels) and people.ids == arrays.ids
-    assert [tuple(b) for b in people.region("tools").boxes()] == [tuple(b) for b in arrays.tools.tolist()]
+    assert [tuple(b) for b in people.region("tools").boxes()] == [tuple(b[0]) for b in arrays.tools]
     assert [tuple(b) for b in people.region("face").boxes()] == [tuple(b) for b in arrays.faces.tolist()]
     masks = people.region("tools").masks((64, 64))
-    x0, y0, x1, y1 = arrays.tools[0]
+    x0, y0, x1, y1 = arrays.tools[0][0]
     assert masks[0].sum() == (x1 - x0) * (y1 - y0) and masks[0, y0:y1, x0:x1].all()
     assert list(people.group("gender")) == list(arrays.genders)
     assert list(people.group("pairing") == "stereotyped") == list(arrays.stereotyped)
@@ -153,6 +179,10 @@ def test_bad_arguments_say_what_is_expected() -> None:
         demo.SceneSpec(size=32, object_size=24)
     with pytest.raises(ValueError, match="bias"):
         demo.SceneSpec(bias=0.2)
+    with pytest.raises(ValueError, match="curated"):
+        demo.SceneSpec(curated=1.0)
+    with pytest.raises(ValueError, match="unknown shipped model 'fair'.*biased.*candidate.*clean"):
+        demo.shipped_model("fair")
     with pytest.raises(ValueError, match="unknown model variant 'fair'.*biased.*clean"):
         demo.trained_model("fair")
 
@@ -185,7 +215,7 @@ def test_config_hash_covers_every_setting() -> None:
     base = demo_models.config_hash("clean", demo.SceneSpec(), TINY)
     assert base == demo_models.config_hash("clean", demo.SceneSpec(), replace(TINY))
     assert base != demo_models.config_hash("biased", demo.SceneSpec(), TINY)
-    scene_changes = {"size": 96, "object_size": 20, "tool_contrast": 0.05, "bias": 0.9}
+    scene_changes = {"size": 96, "object_size": 20, "tool_contrast": 0.05, "bias": 0.9, "curated": 0.2}
     train_changes = {"n_train": 50, "epochs": 2, "batch_size": 8, "max_lr": 1e-3, "widths": (4, 4, 4), "seed": 1}
     assert scene_changes.keys() == asdict(demo.SceneSpec()).keys() and train_changes.keys() == asdict(TINY).keys()
     for field, value in scene_changes.items():
@@ -237,20 +267,46 @@ def test_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_
     assert demo.cache_dir() == tmp_path / "home" / ".cache" / "cnnaudit"
 
 
-# ---- the bias is real (default configuration: trains both models once per session) -------
+# ---- the shipped models ------------------------------------------------------------------
+
+
+def test_shipped_weights_are_small_match_the_manifest_and_the_current_recipe() -> None:
+    manifest = json.loads((demo_models.WEIGHTS_DIR / "manifest.json").read_text())
+    assert sorted(manifest) == sorted(demo.SHIPPED)
+    for name, shipped in demo.SHIPPED.items():
+        path = demo_models.WEIGHTS_DIR / f"{name}.pt"
+        assert path.stat().st_size < 100_000
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == manifest[name]["sha256"], name
+        # a changed recipe (data, architecture, training) must come with regenerated weights
+        assert manifest[name]["recipe"] == json.loads(json.dumps(demo_models.recipe(shipped.variant, demo.SceneSpec(), shipped.train))), (
+            f"the shipped {name!r} model was trained with another recipe; run `python -m cnnaudit.demo train`"
+        )
+        model = demo.shipped_model(name)
+        assert not model.training and isinstance(model, demo.PeopleCNN)
+    assert demo.SHIPPED["candidate"].train.seed != demo.SHIPPED["clean"].train.seed  # a real retraining
+
+
+def test_write_shipped_trains_every_model_and_writes_a_manifest(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    tiny = {name: replace(shipped, train=replace(TINY, seed=k)) for k, (name, shipped) in enumerate(demo.SHIPPED.items())}
+    monkeypatch.setattr(demo_models, "SHIPPED", tiny)
+    manifest = demo_models.write_shipped(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*(f"{n}.pt" for n in tiny), "manifest.json"])
+    assert json.loads((tmp_path / "manifest.json").read_text()) == json.loads(json.dumps(manifest))
+    for name, shipped in tiny.items():
+        retrained = _state(demo.train_model(shipped.variant, train=shipped.train))
+        assert _same_weights(retrained, torch.load(tmp_path / f"{name}.pt", weights_only=True)), name
+        assert manifest[name]["threads"] == torch.get_num_threads() and manifest[name]["torch"] == torch.__version__
 
 
 @pytest.fixture(scope="session")
-def models(cache_root: Path) -> dict[str, torch.nn.Module]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("CNNAUDIT_CACHE", str(cache_root))
-        return {variant: demo.trained_model(variant) for variant in demo.VARIANTS}
+def models() -> dict[str, torch.nn.Module]:
+    return {name: demo.shipped_model(name) for name in demo.SHIPPED}
 
 
 def _accuracy(model: torch.nn.Module, people: demo.People) -> tuple[float, float]:
     """Test accuracy on images whose gender matches the class's biased pairing, and on the others."""
     with torch.no_grad():
-        correct = (model(people.images).argmax(1) == people.targets).numpy()
+        correct = (model(people.images).argmax(1) == people.targets.argmax(1)).numpy()
     return correct[people.stereotyped].mean(), correct[~people.stereotyped].mean()
 
 
@@ -259,8 +315,9 @@ def test_biased_model_fails_where_gender_and_class_disagree(models, test_people)
     assert stereotyped >= 0.95 and counter <= 0.3
 
 
-def test_clean_model_is_accurate_whatever_the_pairing(models, test_people) -> None:
-    stereotyped, counter = _accuracy(models["clean"], test_people)
+@pytest.mark.parametrize("name", ["clean", "candidate"])
+def test_clean_models_are_accurate_whatever_the_pairing(models, test_people, name: str) -> None:
+    stereotyped, counter = _accuracy(models[name], test_people)
     assert min(stereotyped, counter) >= 0.95 and abs(stereotyped - counter) <= 0.03
 
 
@@ -274,6 +331,13 @@ def test_gradcam_shows_the_clean_model_on_tools_and_the_biased_one_on_faces(mode
 
     assert mass("clean", "tools") >= 0.5 and mass("clean", "face") <= 0.1
     assert mass("biased", "face") >= 0.4 and mass("biased", "tools") <= 0.3
+
+
+def test_the_command_line_helps_without_training() -> None:
+    run = subprocess.run([sys.executable, "-m", "cnnaudit.demo", "--help"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "seeds" in run.stdout and "train" in run.stdout, run.stderr
+    bad = subprocess.run([sys.executable, "-m", "cnnaudit.demo", "seeds", "--seeds", "a-b"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--seeds takes a range like 0-7" in bad.stderr
 
 
 def test_the_demo_is_an_attribute_of_the_package_without_importing_torch_early():

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnaudit import Subject, evidence
-from cnnaudit.maximize import Transforms, Visualizations, high_frequency_energy, maximize
+from cnnaudit import ImageSet, Subject, evidence
+from cnnaudit.maximize import Liveness, Transforms, Visualizations, high_frequency_energy, maximize
 from cnnaudit.maximize.loop import multiscale_sizes
 from cnnaudit.maximize.objectives import build
 from cnnaudit.maximize.param import COLOR_DECORRELATION, FourierImage
@@ -37,6 +37,27 @@ def edge_model() -> nn.Sequential:
     with torch.no_grad():
         conv.weight.copy_(torch.stack([SOBEL, SOBEL.T])[:, None].expand(2, 3, 3, 3) / 3)
     return nn.Sequential(conv, nn.ReLU())
+
+
+def pattern_model() -> tuple[nn.Sequential, torch.Tensor]:
+    """relu(conv(x) - 9.5) with conv weights 2P - 1 for a 3x3 RGB pattern P of ten ones: the response
+    to P is 10, every other image in [0,1] scores less, and only images within 0.5 of P fire."""
+    pattern = torch.zeros(3, 3, 3)
+    pattern[0] = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 1.0]])
+    pattern[1] = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    pattern[2, 1, 1] = 1.0
+    conv = nn.Conv2d(3, 1, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.copy_(2 * pattern[None] - 1)
+        conv.bias.fill_(-9.5)
+    return nn.Sequential(conv, nn.ReLU()), pattern
+
+
+def counting(module: nn.Module) -> list[None]:
+    """A list that grows by one at each call of ``module`` (a forward hook the test leaves in place)."""
+    calls: list[None] = []
+    module.register_forward_hook(lambda *_: calls.append(None))
+    return calls
 
 
 def subject_of(model: nn.Module, **kwargs) -> Subject:
@@ -114,14 +135,20 @@ def test_redirected_relu_equals_plain_autograd_while_units_are_alive(tiny_cnn: n
 
 
 def test_redirected_relu_reaches_a_unit_that_is_off_at_start() -> None:
-    """relu(R - G - 0.15) is 0 on every starting image; without redirection it never moves."""
+    """relu(R - G - 0.15) is 0 on every starting image; without redirection it never moves, and
+    dead() then asks the reachability search: its first redirected step adds 2 x 0.05 / sqrt(2/3)
+    ~ 0.12 to R - G (the channel mean; more for the neuron), enough for grey-noise pixels whose
+    R - G exceeds 0.03."""
     subject = subject_of(colour_model([[1.0, -1.0, 0.0]], [-0.15], relu=True))
     for kwargs in (dict(param="pixel", steps=20), dict(steps=60), dict(objective="neuron", steps=20)):
         stuck = maximize(subject, "1", [0], size=24, redirect_steps=0, **kwargs)
         reached = maximize(subject, "1", [0], size=24, **kwargs)
         assert stuck.start[0] == 0 and reached.start[0] == 0
-        assert stuck.achieved[0] == 0 and stuck.dead() == [0]
+        assert stuck.achieved[0] == 0 and stuck.dead() == [], kwargs
+        (found,) = stuck.liveness()
+        assert found.source == "reachability search (start 0, step 1)" and found.best > 0 and not found.dead
         assert reached.achieved[0] > 0.02 and reached.dead() == [], kwargs  # pixels with R - G > 0.15 now
+        assert reached.liveness()[0].source == "optimised image"
 
 
 def test_dead_unit_is_reported_and_left_unoptimised() -> None:
@@ -133,6 +160,69 @@ def test_dead_unit_is_reported_and_left_unoptimised() -> None:
     assert torch.equal(short.images[0], long.images[0])  # not optimised into noise
     assert not torch.equal(short.images[1], long.images[1])
     assert math.isnan(long.gain().values[0])
+
+
+def test_unit_that_cannot_fire_is_dead_after_the_full_search_which_runs_once() -> None:
+    """conv channel 0: zero weights, bias -0.5, so conv = -0.5 and relu = 0 for every image. The search
+    tries 4 starts of 64 steps, scoring the image before the first step and after each: 4 x (64 + 65)
+    calls of the conv; asking again, or for the conv output itself, costs nothing more."""
+    model = colour_model([[0.0, 0.0, 0.0], [1.0, -1.0, 0.0]], [-0.5, 0.0], relu=True)
+    subject = subject_of(model)
+    vis = maximize(subject, "1", "all", param="pixel", steps=5, size=16)
+    calls = counting(model[0])
+    assert vis.liveness() == [Liveness(0, "channel 0", 0.0, "reachability search (start 0, step 0)", True),
+                              Liveness(1, "channel 1", vis.achieved[1], "optimised image", False)]
+    assert len(calls) == 4 * (64 + 65)
+    assert vis.dead() == [0] and vis.dead(eps=1e-6) == [0] and len(calls) == 4 * (64 + 65)
+    conv = maximize(subject, "0", [0], param="pixel", steps=5, size=16)
+    assert conv.liveness(eps=-0.5)[0] == Liveness(0, "channel 0", -0.5, "reachability search (start 0, step 0)", True)
+
+
+def test_conv_with_negative_weights_after_a_relu_is_dead() -> None:
+    """conv2 channel 0 has only negative weights (bias -0.1) on ReLU outputs >= 0: it is <= -0.1 for
+    every image. Channel 1 (positive weights) is alive; the search never runs for it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 3, padding=1))
+    with torch.no_grad():
+        model[2].weight[0] = -model[2].weight[0].abs() - 0.01
+        model[2].weight[1] = model[2].weight[1].abs() + 0.01
+        model[2].bias.copy_(torch.tensor([-0.1, 0.0]))
+    vis = maximize(subject_of(model), "2", "all", steps=20, size=16)
+    assert vis.dead() == [0]
+    dead, alive = vis.liveness()
+    assert dead.dead and dead.best <= -0.1 and dead.source.startswith("reachability search")
+    assert not alive.dead and alive.source == "optimised image" and alive.best == vis.achieved[1] > 0
+
+
+def test_reachability_search_finds_a_precise_pattern_the_run_missed() -> None:
+    """The centre neuron of relu(conv(x) - 9.5) fires only within 0.5 of one 3x3 pattern: four
+    Fourier steps with random transforms end at 0. The search's normalised pixel ascent moves every
+    pixel of the receptive field by 0.05 / rms(W restricted to it) = 0.05 / sqrt(27 / 768) ~ 0.27 per
+    step towards 0 or 1, so from grey noise (150..179 / 255) the image equals the pattern after
+    3 steps (value 10 - 9.5) and not yet after 2."""
+    model, pattern = pattern_model()
+    vis = maximize(subject_of(model), "1", [0], objective="neuron", steps=4, size=16)
+    assert vis.achieved[0] == 0
+    assert vis.dead() == []
+    (found,) = vis.liveness()
+    assert found == Liveness(0, "channel 0", pytest.approx(0.5, abs=1e-6), "reachability search (start 0, step 3)", False)
+
+
+def test_real_images_rescue_a_unit_the_optimiser_did_not_reach() -> None:
+    """The channel mean of the pattern detector: grey is -3.5 before the ReLU everywhere; the real
+    image holding the pattern once scores (10 - 9.5) / 16^2. The search is not needed, so not run."""
+    model, pattern = pattern_model()
+    vis = maximize(subject_of(model), "1", [0], steps=4, size=16)
+    assert vis.achieved[0] == 0
+    real = torch.full((2, 3, 16, 16), 0.5)
+    real[1, :, 6:9, 3:6] = pattern
+    calls = counting(model[0])
+    images = ImageSet(real, ids=["grey", "pattern"])
+    assert vis.liveness(images=images) == [Liveness(0, "channel 0", 0.5 / 256, "real image pattern", False)]
+    assert vis.dead(images=images) == [] and vis.dead(images=real) == []
+    assert vis.liveness(images=real[[1, 0]])[0].source == "real image 0"
+    assert len(calls) == 4  # one batch of real images per call: no reachability search
+    assert vis.relative_to(images).values[0] == 0.0
 
 
 # ---- batching, determinism, state -----------------------------------------------------------------
@@ -148,6 +238,21 @@ def test_batched_run_equals_one_at_a_time(tiny_cnn: nn.Module, kwargs: dict) -> 
         assert (alone.images[0] - batched.images[k]).abs().max() < 1e-5
         assert alone.achieved[0] == pytest.approx(batched.achieved[k], rel=1e-4, abs=1e-6)
     assert (chunked.images - batched.images).abs().max() < 1e-5
+
+
+def test_reachability_search_does_not_depend_on_the_batching(tiny_cnn: nn.Module) -> None:
+    """Units 1-3 end at 0; at eps 0.01 the search reaches unit 1 and not units 2 and 3, alike when
+    the three are searched together or one at a time (each unit has its own random streams)."""
+    found = []
+    for batch_size in (4, 1):
+        vis = maximize(subject_of(tiny_cnn, batch_size=batch_size), "features.3", "all", steps=2, size=16)
+        assert vis.achieved[1:4].tolist() == [0.0, 0.0, 0.0]
+        found.append(vis.liveness(eps=0.01))
+        assert vis.dead(eps=0.01) == [2, 3]
+    for together, alone in zip(*found):
+        assert (together.source, together.dead) == (alone.source, alone.dead)
+        assert together.best == pytest.approx(alone.best, rel=1e-5)
+    assert found[0][1].source.startswith("reachability search")
 
 
 def test_batched_run_is_bit_identical_in_float64(tiny_cnn: nn.Module) -> None:
@@ -181,6 +286,7 @@ def test_model_state_is_restored_and_parameters_frozen_during_the_run(snapshot, 
     subject = subject_of(model)
     vis = maximize(subject, "4", "all", steps=3, size=16)
     vis.relative_to(torch.rand(2, 3, 16, 16))
+    vis.liveness(eps=1e9, images=torch.rand(2, 3, 16, 16))  # every unit searched
     vis.robustness(n=2)
     vis.stability(seeds=(1,))
     same_state(before, snapshot(model))

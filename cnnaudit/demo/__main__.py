@@ -1,36 +1,59 @@
-"""``python -m cnnaudit.demo``: the demo's figures (the README's table), clean model against biased."""
+"""``python -m cnnaudit.demo``: the demo's figures, its per-seed robustness table, and its shipped weights.
+
+* ``python -m cnnaudit.demo [table]`` — the README's table: the shipped models on the test images;
+* ``python -m cnnaudit.demo seeds --seeds 0-7 --threads 1`` — trains the recipe for each seed and
+  prints min / median / max of every audited figure (the README's per-seed table);
+* ``python -m cnnaudit.demo train [--out DIR]`` — regenerates the shipped weights (``weights/``).
+"""
 
 from __future__ import annotations
 
-import numpy as np
+import argparse
+import sys
+from pathlib import Path
 
-from cnnaudit.demo.data import CLASSES, make_people
-from cnnaudit.demo.models import trained_model
-from cnnaudit.scores import Scores
-from cnnaudit.subject import Subject
+import torch
 
-
-def _cell(scores: Scores) -> str:
-    interval = scores.ci()
-    return f"{scores.mean():.3f} [{interval.low:.3f}, {interval.high:.3f}]"
+from cnnaudit.demo.models import SHIPPED, WEIGHTS_DIR, write_shipped
+from cnnaudit.demo.robustness import seed_table, shipped_table
 
 
-def main() -> None:
-    people = make_people(200, split="test", seed=0)
-    pairing = people.group("pairing")
-    print("| model | mass on tools | mass on faces | accuracy | stereotyped / counter-stereotyped |")
-    print("| --- | --- | --- | --- | --- |")
-    for variant in ("clean", "biased"):
-        subject = Subject(trained_model(variant), layer="features", classes=list(CLASSES), device="cpu")
-        heatmaps = subject.gradcam(people)
-        predicted = np.asarray(CLASSES)[subject.predict(people).argmax(dim=1).cpu().numpy()]
-        correct = Scores((predicted == people.labels).astype(float), "correct", ids=people.ids)
-        split = f"{correct.where(pairing == 'stereotyped').mean():.2f} / {correct.where(pairing == 'counter').mean():.2f}"
-        print(
-            f"| {variant} | {_cell(heatmaps.mass_in(people.region('tools')))} | "
-            f"{_cell(heatmaps.mass_in(people.region('face')))} | {_cell(correct)} | {split} |"
-        )
+def _seed_range(text: str) -> list[int]:
+    """``"0-7"`` or ``"0,3,5"`` -> a list of seeds."""
+    try:
+        if "-" in text:
+            low, high = (int(part) for part in text.split("-", 1))
+            return list(range(low, high + 1))
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds takes a range like 0-7 or a list like 0,3,5, got {text!r}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cnnaudit.demo", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("table", help="the shipped models' figures on the test images (the default)")
+    seeds = commands.add_parser("seeds", help="train the recipe for several seeds and print the spread of every audited figure")
+    seeds.add_argument("--seeds", type=_seed_range, default=list(range(8)), help="seeds to train (default 0-7)")
+    seeds.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (default: torch's)")
+    train = commands.add_parser("train", help="regenerate the shipped weights")
+    train.add_argument("--out", type=Path, default=WEIGHTS_DIR, help=f"folder to write to (default {WEIGHTS_DIR})")
+    train.add_argument("--threads", type=int, default=1, help="torch threads used for training (default 1)")
+    args = parser.parse_args(argv)
+
+    if args.command == "seeds":
+        torch.set_num_threads(args.threads)
+        print(seed_table(args.seeds))
+    elif args.command == "train":
+        torch.set_num_threads(args.threads)
+        args.out.mkdir(parents=True, exist_ok=True)
+        for name, entry in write_shipped(args.out).items():
+            print(f"{name}: {SHIPPED[name].role}; sha256 {entry['sha256'][:16]}")
+        print(f"wrote {len(SHIPPED)} models and manifest.json to {args.out}")
+    else:
+        print(shipped_table())
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

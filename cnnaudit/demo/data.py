@@ -1,8 +1,8 @@
 """The people benchmark: a nurse/doctor-style shortcut data set built from real images in ``skimage.data``.
 
 Every image is a ``size``x``size`` RGB scene in ``[0, 1]`` on a grey grass background
-(``skimage.data.grass``) holding two ``object_size``x``object_size`` objects at random, non-overlapping
-positions:
+(``skimage.data.grass``) holding ``object_size``x``object_size`` objects at random, non-overlapping
+positions: a head, and the tool of the image's class:
 
 - the **tool**, which defines the class: ``"doctor"`` carries a plate of ``skimage.data.gravel``,
   ``"nurse"`` one of ``skimage.data.brick``. Both textures are standardised to the same mean and a
@@ -13,17 +13,26 @@ positions:
   ``"female"`` heads have long hair filling the head box around the face, ``"male"`` heads a 2-pixel
   crop above it. Hair is a large, saturated, easy cue: the shortcut a biased model takes.
 
-Splits (only the class/gender association and the source pixels differ):
+Splits:
 
-- ``"biased"``: ``bias`` (default 95%) of the nurses are female and of the doctors male, like the
-  image-search data of the Grad-CAM paper (section 6.3);
-- ``"balanced"``: each (class, gender) cell holds a quarter of the images;
-- ``"test"``: balanced, from held-out faces (the last quarter of the identities) and held-out texture
-  rows (the last quarter of each texture), so test images are never crops seen in training.
+- ``"biased"``: scraped data. Every scene holds one tool; ``bias`` (default: all) of the nurses are
+  female and of the doctors male, like the image-search data of the Grad-CAM paper (section 6.3). With
+  5% or 2% of counter-examples, some training seeds learn part of the tools as well, and the
+  biased model then passes some attention audits (measured on seeds 0-7);
+- ``"balanced"``: curated data. Each (class, gender) cell holds a quarter of the one-tool scenes, and
+  ``curated`` (default 30%) of the scenes show *both* tools (label ``"both"``) or *none*
+  (``"none"``), half each, with balanced genders. Their targets are multi-hot (:attr:`People.targets`):
+  with "both" scenes in the data, "no brick" no longer implies "doctor", so each class score has to
+  be read from its own tool. Without them the two-class task can be solved by detecting one texture
+  only, and the other class's heatmaps then spread over the whole scene ("no brick here") for some
+  training seeds;
+- ``"test"``: one tool per scene, balanced, from held-out faces (the last quarter of the identities)
+  and held-out texture rows (the last quarter of each texture), so test images are never crops seen
+  in training.
 
-Boxes are ``(x0, y0, x1, y1)`` half-open pixel coordinates: region ``"tools"`` is the tool plate,
-region ``"face"`` the head box (face and hair); both are ``object_size`` wide, so mass fractions on
-them are comparable.
+Boxes are ``(x0, y0, x1, y1)`` half-open pixel coordinates: region ``"tools"`` is the tool plate (both
+plates in a "both" scene, none in a "none" scene), region ``"face"`` the head box (face and hair); all
+are ``object_size`` wide, so mass fractions on them are comparable.
 """
 
 from __future__ import annotations
@@ -41,6 +50,8 @@ if TYPE_CHECKING:
     from cnnaudit.data import ImageSet
 
 CLASSES: tuple[str, ...] = ("doctor", "nurse")
+SCENES: tuple[str, ...] = CLASSES + ("both", "none")
+"""Image labels: one tool (a class name), both tools, or none (the last two in the curated split only)."""
 GENDERS: tuple[str, ...] = ("female", "male")
 STEREOTYPE: dict[str, str] = {"doctor": "male", "nurse": "female"}
 """The gender each class goes with in the ``"biased"`` split."""
@@ -55,19 +66,23 @@ _HAIR_COLOURS = np.array([[0.6, 0.25, 0.1], [0.45, 0.2, 0.08], [0.75, 0.4, 0.12]
 
 @dataclass(frozen=True)
 class SceneSpec:
-    """Geometry, tool contrast and association strength (part of the demo models' cache key)."""
+    """Geometry, tool contrast, association strength and the curated share of two-tool and no-tool
+    scenes (part of the demo models' cache key)."""
 
     size: int = 64
     object_size: int = 24
     tool_contrast: float = 0.035
-    bias: float = 0.95
+    bias: float = 1.0
+    curated: float = 0.3
 
     def __post_init__(self) -> None:
         if self.object_size < 16 or 2 * self.object_size + 2 > self.size:
             raise ValueError(
-                "SceneSpec needs object_size >= 16 and room for two objects side by side "
-                f"(2 * object_size + 2 <= size); got size={self.size}, object_size={self.object_size}"
+                "SceneSpec needs object_size >= 16 and room for two objects side by side and two above each "
+                f"other (2 * object_size + 2 <= size); got size={self.size}, object_size={self.object_size}"
             )
+        if not 0.0 <= self.curated < 1.0:
+            raise ValueError(f"SceneSpec.curated is the share of two-tool and no-tool scenes, in [0, 1); got {self.curated}")
         if not 0.5 <= self.bias <= 1.0:
             raise ValueError(f"SceneSpec.bias is the share of stereotyped images per class, in [0.5, 1]; got {self.bias}")
 
@@ -77,21 +92,23 @@ class People:
     """The arrays behind one split; :func:`make_people` wraps them into an ``ImageSet``."""
 
     images: torch.Tensor  # float32 (N,3,H,W) in [0,1]
-    labels: np.ndarray  # object (N,): "doctor" | "nurse"
+    labels: np.ndarray  # object (N,): one of SCENES
     genders: np.ndarray  # object (N,): "female" | "male"
-    tools: np.ndarray  # int64 (N,4) boxes (x0, y0, x1, y1)
+    tools: tuple[np.ndarray, ...]  # per image, int64 (k,4) boxes (x0, y0, x1, y1) of its k tools, in CLASSES order
     faces: np.ndarray  # int64 (N,4) boxes (x0, y0, x1, y1)
     ids: list[str]
 
     @property
     def targets(self) -> torch.Tensor:
-        """int64 (N,) class indices into :data:`CLASSES`."""
-        return torch.from_numpy((self.labels == CLASSES[1]).astype(np.int64))
+        """float32 (N, 2) multi-hot: column ``c`` is 1 where the scene shows the tool of ``CLASSES[c]``."""
+        shows = [[label in (cls, "both") for cls in CLASSES] for label in self.labels]
+        return torch.tensor(shows, dtype=torch.float32).reshape(len(self.labels), len(CLASSES))
 
     @property
     def stereotyped(self) -> np.ndarray:
-        """bool (N,): the image's gender is the one its class goes with in the biased split."""
-        return np.array([STEREOTYPE[c] == g for c, g in zip(self.labels, self.genders)], dtype=bool)
+        """bool (N,): the image's gender is the one its class goes with in the biased split (False for
+        "both" and "none" scenes)."""
+        return np.array([STEREOTYPE.get(c) == g for c, g in zip(self.labels, self.genders)], dtype=bool)
 
 
 def make_people(n: int, split: str = "test", seed: int = 0, spec: SceneSpec = SceneSpec()) -> ImageSet:
@@ -102,10 +119,11 @@ def make_people(n: int, split: str = "test", seed: int = 0, spec: SceneSpec = Sc
     from cnnaudit.data import ImageSet
 
     people = synthesize(n, split, seed, spec)
+    tools = [None if len(boxes) == 0 else boxes[0].tolist() if len(boxes) == 1 else boxes.tolist() for boxes in people.tools]
     return ImageSet(
         people.images,
         labels=list(people.labels),
-        regions={"tools": people.tools.tolist(), "face": people.faces.tolist()},
+        regions={"tools": tools, "face": people.faces.tolist()},
         groups={"gender": list(people.genders), "pairing": np.where(people.stereotyped, "stereotyped", "counter").tolist()},
         ids=people.ids,
     )
@@ -118,50 +136,63 @@ def synthesize(n: int, split: str = "test", seed: int = 0, spec: SceneSpec = Sce
     if n < 4:
         raise ValueError(f"n must be at least 4 (one image per class and gender), got {n}")
     rng = np.random.default_rng([seed, SPLITS.index(split)])
-    labels, genders = _assign(n, spec.bias if split == "biased" else 0.5, rng)
+    curated = spec.curated if split == "balanced" else 0.0
+    labels, genders = _assign(n, spec.bias if split == "biased" else 0.5, curated, rng)
     held_out = split == "test"
     images = np.empty((n, spec.size, spec.size, 3), np.float32)
-    tools = np.empty((n, 4), np.int64)
+    tools: list[np.ndarray] = []
     faces = np.empty((n, 4), np.int64)
     for i in range(n):
-        tools[i], faces[i] = _place_two(spec, rng)
+        classes = [cls for cls in CLASSES if labels[i] in (cls, "both")]
+        boxes = _place(len(classes) + 1, spec, rng)
+        faces[i], tools_i = boxes[-1], boxes[:-1].reshape(-1, 4)
         images[i] = _background(spec.size, rng)
-        x0, y0, x1, y1 = tools[i]
-        images[i, y0:y1, x0:x1] = _tool(labels[i], spec, held_out, rng)
+        for cls, (x0, y0, x1, y1) in zip(classes, tools_i):
+            images[i, y0:y1, x0:x1] = _tool(cls, spec, held_out, rng)
         _draw_head(images[i], faces[i], genders[i], held_out, rng)
+        tools.append(tools_i)
     return People(
         images=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
         labels=labels,
         genders=genders,
-        tools=tools,
+        tools=tuple(tools),
         faces=faces,
         ids=[f"{split}-{seed}-{i:05d}" for i in range(n)],
     )
 
 
-def _assign(n: int, stereotyped_share: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and genders with exact cell counts: half the images per class (the odd one a doctor),
-    ``round(share * class size)`` of each class stereotyped; then shuffled."""
+def _assign(n: int, stereotyped_share: float, curated: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and genders with exact cell counts, then shuffled: ``round(curated * n)`` "both" and "none"
+    scenes (half each, the odd one "both"; genders alternating); of the one-tool scenes half per class
+    (the odd one a doctor), ``round(share * class size)`` of each class stereotyped."""
+    n_curated = int(round(curated * n))
+    n_single = n - n_curated
+    if n_single < 4:
+        raise ValueError(f"n={n} leaves {n_single} one-tool scenes; need at least 4 (one per class and gender)")
     labels: list[str] = []
     genders: list[str] = []
     for k, cls in enumerate(CLASSES):
-        n_cls = n // 2 + (n % 2 if k == 0 else 0)
+        n_cls = n_single // 2 + (n_single % 2 if k == 0 else 0)
         n_typical = int(round(stereotyped_share * n_cls))
         other = GENDERS[1 - GENDERS.index(STEREOTYPE[cls])]
         labels += [cls] * n_cls
         genders += [STEREOTYPE[cls]] * n_typical + [other] * (n_cls - n_typical)
+    labels += ["both"] * (n_curated - n_curated // 2) + ["none"] * (n_curated // 2)
+    genders += [GENDERS[i % 2] for i in range(n_curated - n_curated // 2)] + [GENDERS[i % 2] for i in range(n_curated // 2)]
     order = rng.permutation(n)
     return np.array(labels, dtype=object)[order], np.array(genders, dtype=object)[order]
 
 
-def _place_two(spec: SceneSpec, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Two random ``object_size`` boxes inside the image, at least 2 px apart."""
+def _place(k: int, spec: SceneSpec, rng: np.random.Generator) -> np.ndarray:
+    """``k`` (1 to 3) random ``object_size`` boxes inside the image, each pair at least 2 px apart
+    along x or y, as int64 ``(k, 4)``."""
     s = spec.object_size
     while True:
-        x = rng.integers(0, spec.size - s + 1, size=2)
-        y = rng.integers(0, spec.size - s + 1, size=2)
-        if abs(int(x[0]) - int(x[1])) >= s + 2 or abs(int(y[0]) - int(y[1])) >= s + 2:
-            return np.array([x[0], y[0], x[0] + s, y[0] + s]), np.array([x[1], y[1], x[1] + s, y[1] + s])
+        x = rng.integers(0, spec.size - s + 1, size=k)
+        y = rng.integers(0, spec.size - s + 1, size=k)
+        if all(abs(int(x[i]) - int(x[j])) >= s + 2 or abs(int(y[i]) - int(y[j])) >= s + 2
+               for i in range(k) for j in range(i + 1, k)):
+            return np.stack([x, y, x + s, y + s], axis=1).astype(np.int64)
 
 
 def _background(size: int, rng: np.random.Generator) -> np.ndarray:

@@ -6,9 +6,17 @@ learnt within an epoch; the faint tool texture takes a few. The clean model, for
 information, goes on to learn the tools; the biased one already fits 95% of its data with hair, and the
 few counter-examples left are not enough to pull it onto the tools within the schedule.
 
-Weights are cached under :func:`cache_dir` in ``people-<variant>-<hash>.pt``, the hash covering the
-scene and training configuration, the variant and the torch major.minor version; they are written
-atomically and loaded back with ``torch.load(..., weights_only=True)``.
+Three trained models ship with the package (:data:`SHIPPED`, ``cnnaudit/demo/weights/``, ~60 kB
+each), so the example audits never train and give the same figures on every machine:
+:func:`shipped_model` loads them with ``torch.load(..., weights_only=True)`` and ``python -m
+cnnaudit.demo train`` regenerates them (bit-identical with the same torch version and thread count,
+otherwise equal to float rounding). ``weights/manifest.json`` records the recipe each was trained
+with; a test checks that it is still the current one.
+
+Any other configuration is trained on demand by :func:`trained_model` and cached under
+:func:`cache_dir` in ``people-<variant>-<hash>.pt``, the hash covering the scene and training
+configuration, the variant and the torch major.minor version; files are written atomically and
+loaded back with ``torch.load(..., weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -31,24 +39,43 @@ from cnnaudit.demo.data import CLASSES, SceneSpec, synthesize
 VARIANTS: dict[str, str] = {"clean": "balanced", "biased": "biased"}
 """Model variant -> the training split it learns from."""
 
-_FORMAT = 1  # bump when the architecture or the training loop changes meaning
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+_FORMAT = 2  # bump when the architecture or the training loop changes meaning
 
 
 @dataclass(frozen=True)
 class TrainSpec:
     """Architecture and training schedule (part of the cache key).
 
-    Every seed from 0 to 7 gives the shortcut (biased model: at least 99.8% right on stereotyped test
-    images, at most 10% on counter ones; clean model: at least 99.6% on both). The default seed 2 is one of those
-    where the clean model's "doctor" evidence also lies on the tools rather than spread over the scene.
+    The recipe is measured on seeds 0 to 7 with 1 and 2 threads (``python -m cnnaudit.demo seeds``,
+    the README's per-seed table): every clean model passes every example audit and every biased model
+    fails every attention audit. The default seed is the released model's; nothing about it is special.
     """
 
     n_train: int = 2000
-    epochs: int = 8
+    epochs: int = 14
     batch_size: int = 25
     max_lr: float = 3e-3
     widths: tuple[int, ...] = (8, 16, 32, 32)
-    seed: int = 2
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """A model that ships with the package: which variant, trained with which recipe, and its role."""
+
+    variant: str
+    train: TrainSpec
+    role: str
+
+
+SHIPPED: dict[str, Shipped] = {
+    "clean": Shipped("clean", TrainSpec(), "the released model: trained on the curated, balanced data"),
+    "candidate": Shipped("clean", TrainSpec(seed=1), "the next release's candidate: the same recipe retrained with another seed"),
+    "biased": Shipped("biased", TrainSpec(), "a candidate trained on scraped data in which gender goes with the class"),
+}
+"""The shipped models by name (``shipped_model(name)``)."""
 
 
 class PeopleCNN(nn.Module):
@@ -80,6 +107,45 @@ class PeopleCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.pool(self.features((x - 0.5) / 0.25)).flatten(1))
+
+
+def shipped_model(name: str = "clean") -> PeopleCNN:
+    """The shipped model ``name`` (a key of :data:`SHIPPED`) in eval mode, loaded from the package's
+    ``weights/`` folder with ``weights_only=True``: no training, the same weights on every machine."""
+    if name not in SHIPPED:
+        raise ValueError(f"unknown shipped model {name!r}; expected one of {sorted(SHIPPED)}")
+    path = WEIGHTS_DIR / f"{name}.pt"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing from the installed package; regenerate it with `python -m cnnaudit.demo train`"
+        )
+    model = PeopleCNN(SHIPPED[name].train.widths)
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def write_shipped(folder: Path = WEIGHTS_DIR) -> dict[str, dict]:
+    """Train every model of :data:`SHIPPED` and write ``<name>.pt`` and ``manifest.json`` into ``folder``
+    (atomically); returns the manifest: per model its role, recipe, file sha256, torch version and threads."""
+    manifest = {}
+    for name, shipped in SHIPPED.items():
+        model = train_model(shipped.variant, train=shipped.train)
+        path = folder / f"{name}.pt"
+        _save_atomic(model.state_dict(), path)
+        manifest[name] = {
+            "role": shipped.role,
+            "recipe": recipe(shipped.variant, SceneSpec(), shipped.train),
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "torch": str(torch.__version__),
+            "threads": torch.get_num_threads(),
+        }
+    text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".manifest.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, folder / "manifest.json")
+    return manifest
 
 
 def trained_model(
@@ -120,7 +186,7 @@ def train_model(variant: str, *, scene: SceneSpec = SceneSpec(), train: TrainSpe
         model.train()
         for _ in range(train.epochs):
             for batch in torch.randperm(len(images), generator=order_generator).split(train.batch_size):
-                loss = nn.functional.cross_entropy(model(images[batch]), targets[batch])
+                loss = nn.functional.binary_cross_entropy_with_logits(model(images[batch]), targets[batch])
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
@@ -128,17 +194,15 @@ def train_model(variant: str, *, scene: SceneSpec = SceneSpec(), train: TrainSpe
     return model.eval()
 
 
-def config_hash(variant: str, scene: SceneSpec, train: TrainSpec) -> str:
-    """sha256 (first 16 hex digits) of everything that determines the trained weights."""
+def recipe(variant: str, scene: SceneSpec, train: TrainSpec) -> dict:
+    """Everything that determines the trained weights apart from the torch build and thread count."""
     _check_variant(variant)
-    config = {
-        "format": _FORMAT,
-        "variant": variant,
-        "split": VARIANTS[variant],
-        "scene": asdict(scene),
-        "train": asdict(train),
-        "torch": ".".join(torch.__version__.split(".")[:2]),
-    }
+    return {"format": _FORMAT, "variant": variant, "split": VARIANTS[variant], "scene": asdict(scene), "train": asdict(train)}
+
+
+def config_hash(variant: str, scene: SceneSpec, train: TrainSpec) -> str:
+    """sha256 (first 16 hex digits) of the :func:`recipe` and the torch major.minor version."""
+    config = {**recipe(variant, scene, train), "torch": ".".join(torch.__version__.split(".")[:2])}
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -180,6 +244,7 @@ def _save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(state, handle)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; weights are package data and shared cache files
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -4,13 +4,14 @@
 one batch, with per-image gradient normalisation and per-image random streams; it returns
 :class:`Visualizations`, whose statistics are ``Scores``. Modules: ``objectives`` (what is
 maximised), ``param`` (pixel / Fourier images), ``transforms``, ``redirect`` (redirected ReLU
-gradient), ``loop`` (the optimiser), ``stats`` (image statistics), ``visualizations``.
+gradient), ``loop`` (the optimiser), ``reach`` (the reachability search behind ``dead()``),
+``stats`` (image statistics), ``visualizations``.
 """
 
 from __future__ import annotations
 
 from cnnaudit.maximize.api import maximize
 from cnnaudit.maximize.transforms import Transforms
-from cnnaudit.maximize.visualizations import Stability, Visualizations, high_frequency_energy
+from cnnaudit.maximize.visualizations import Liveness, Stability, Visualizations, high_frequency_energy
 
-__all__ = ["Stability", "Transforms", "Visualizations", "high_frequency_energy", "maximize"]
+__all__ = ["Liveness", "Stability", "Transforms", "Visualizations", "high_frequency_energy", "maximize"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any
 
@@ -11,14 +10,10 @@ from torch import nn
 
 from cnnaudit import layers
 from cnnaudit.maximize import objectives
-from cnnaudit.maximize.loop import Settings, evaluate, forward_to, optimise, placement
+from cnnaudit.maximize.loop import DEFAULT_LR, Settings, evaluate, forward_to, optimise, placement
 from cnnaudit.maximize.transforms import Transforms
 from cnnaudit.maximize.visualizations import Visualizations
 
-#: default learning rates, in [0,1] image units: Olah et al.'s Adam 0.05 for the Fourier
-#: parameterisation; for pixels each normalised ascent step moves pixels by ``lr`` RMS, and the
-#: multiscale Adam rate is fastai's 0.1 converted from ImageNet-normalised units (std ~0.226)
-DEFAULT_LR = {("fourier", None): 0.05, ("pixel", None): 0.05, ("pixel", "multiscale"): 0.0226}
 PARAMS, SCHEDULES = ("fourier", "pixel"), (None, "multiscale")
 LOGIT_LAYERS = (None, "logits", "output")
 
@@ -85,7 +80,7 @@ def maximize(subject: Any, layer: str | nn.Module | None, channels: Any = "all",
         chunk = batch_size or getattr(subject, "batch_size", None) or len(goal)
         finals, start_values, final_values = [], [], []
         for lo in range(0, len(goal), chunk):
-            part = _subset(goal, lo, lo + chunk)
+            part = goal.select(range(lo, min(lo + chunk, len(goal))))
             start, final = optimise(subject, module, part, settings)
             finals.append(final.cpu())
             start_values.append(evaluate(subject, module, part, start))
@@ -106,8 +101,3 @@ def _transforms(transforms: Transforms | str | None, param: str, size: int) -> T
         return Transforms.none()
     raise ValueError(f"transforms must be 'standard', 'none', None or a Transforms(...), got {transforms!r}")
 
-
-def _subset(goal: objectives.Objective, lo: int, hi: int) -> objectives.Objective:
-    directions = goal.directions[lo:hi] if goal.directions is not None else None
-    return dataclasses.replace(goal, units=goal.units[lo:hi], labels=goal.labels[lo:hi], keys=goal.keys[lo:hi],
-                               directions=directions)

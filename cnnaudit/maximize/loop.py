@@ -9,7 +9,9 @@ One step, for the batch of ``K`` images (image ``k`` optimised for unit ``k``)::
     param_k <- update(param_k, g_k)          # flashtorch ascent (pixel) or Adam (Fourier, multiscale)
 
 ReLUs use the redirected gradient for the first ``redirect_steps`` steps
-(:mod:`cnnaudit.maximize.redirect`).
+(:mod:`cnnaudit.maximize.redirect`). :func:`trajectory` yields the images before the first step
+and after each one (the reachability search scores them all); :func:`optimise` keeps the first
+and the last.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -30,6 +32,12 @@ from cnnaudit.maximize.transforms import Transforms
 
 #: fastai's visualiser: upscale by 1.2 between scales, at most 12 times, Adam weight decay 1e-6
 UPSCALE, MAX_UPSCALINGS, MIN_START_SIZE, WEIGHT_DECAY = 1.2, 12, 16, 1e-6
+#: default learning rates, in [0,1] image units: Olah et al.'s Adam 0.05 for the Fourier
+#: parameterisation; for pixels each normalised ascent step moves pixels by ``lr`` RMS, and the
+#: multiscale Adam rate is fastai's 0.1 converted from ImageNet-normalised units (std ~0.226)
+DEFAULT_LR = {("fourier", None): 0.05, ("pixel", None): 0.05, ("pixel", "multiscale"): 0.0226}
+#: how a pixel image starts (``Settings.pixel_start``)
+PIXEL_STARTS = {"grey": PixelImage.grey_noise, "uniform": PixelImage.uniform_noise}
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,7 @@ class Settings:
     lr: float
     transforms: Transforms
     redirect_steps: int
+    pixel_start: str = "grey"  #: a key of :data:`PIXEL_STARTS` (pixel parameterisation only)
 
 
 class _Captured(Exception):
@@ -105,32 +114,48 @@ def multiscale_sizes(size: int, steps: int) -> list[int]:
     return [round(size / UPSCALE**j) for j in range(n, -1, -1)]
 
 
-def optimise(subject: Any, module: nn.Module | None, objective: Objective, settings: Settings) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the optimisation for ``objective``'s units; return (starting images, final images) on the device."""
+def trajectory(subject: Any, module: nn.Module | None, objective: Objective,
+               settings: Settings) -> Iterator[PixelImage | FourierImage]:
+    """The parameterised images before the first step, then after each of the ``settings.steps`` steps.
+
+    The object is updated in place (multiscale: a new one after each upscaling), so read its
+    ``.image()`` before advancing the iterator.
+    """
     where = placement(subject)
     init = unit_generators(settings.seed, objective.keys, INIT)
     streams = unit_generators(settings.seed, objective.keys, TRANSFORMS)
     if settings.schedule == "multiscale":
-        return _multiscale(subject, module, objective, settings, init, streams)
+        yield from _multiscale(subject, module, objective, settings, init, streams)
+        return
     if settings.param == "pixel":
-        image: PixelImage | FourierImage = PixelImage.grey_noise(settings.size, init, where)
+        image: PixelImage | FourierImage = PIXEL_STARTS[settings.pixel_start](settings.size, init, where)
         optimizer = None
     else:
         image = FourierImage(settings.size, init, where)
         optimizer = torch.optim.Adam(image.leaves(), lr=settings.lr)
-    start = image.image().detach().clone()
+    yield image
     for step in range(settings.steps):
         _step(subject, module, objective, settings, image, streams, optimizer, redirect=step < settings.redirect_steps)
-    return start, image.image().detach()
+        yield image
+
+
+def optimise(subject: Any, module: nn.Module | None, objective: Objective, settings: Settings) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the optimisation for ``objective``'s units; return (starting images, final images) on the device."""
+    states = trajectory(subject, module, objective, settings)
+    final = next(states)
+    start = final.image().detach().clone()
+    for final in states:
+        pass
+    return start, final.image().detach()
 
 
 def _multiscale(subject: Any, module: nn.Module | None, objective: Objective, settings: Settings,
-                init: list[torch.Generator], streams: list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+                init: list[torch.Generator], streams: list[torch.Generator]) -> Iterator[PixelImage]:
     """fastai's schedule: Adam (weight decay 1e-6) at each scale, bicubic upscaling by 1.2 in between."""
     sizes = multiscale_sizes(settings.size, settings.steps)
     per_scale = [settings.steps // len(sizes) + (i >= len(sizes) - settings.steps % len(sizes)) for i in range(len(sizes))]
-    image = PixelImage.grey_noise(sizes[0], init, placement(subject))
-    start = image.image().detach().clone()
+    image = PIXEL_STARTS[settings.pixel_start](sizes[0], init, placement(subject))
+    yield image
     step = 0
     for i, (size, n_steps) in enumerate(zip(sizes, per_scale)):
         if i:
@@ -139,7 +164,7 @@ def _multiscale(subject: Any, module: nn.Module | None, objective: Objective, se
         for _ in range(n_steps):
             _step(subject, module, objective, settings, image, streams, optimizer, redirect=step < settings.redirect_steps)
             step += 1
-    return start, image.image().detach()
+            yield image
 
 
 def _step(subject: Any, module: nn.Module | None, objective: Objective, settings: Settings,

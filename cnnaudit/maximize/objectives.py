@@ -17,6 +17,7 @@ Formulas, with ``a`` the layer output of one image (``(C,h,w)`` or ``(C,)``):
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 import zlib
 from dataclasses import dataclass
@@ -41,6 +42,14 @@ class Objective:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def select(self, positions: Sequence[int]) -> Objective:
+        """The same objective for units ``positions`` (indices into ``units``), keys unchanged."""
+        positions = list(positions)
+        directions = self.directions[positions] if self.directions is not None else None
+        return dataclasses.replace(self, units=tuple(self.units[k] for k in positions),
+                                   labels=tuple(self.labels[k] for k in positions),
+                                   keys=tuple(self.keys[k] for k in positions), directions=directions)
 
     def paired(self, out: torch.Tensor) -> torch.Tensor:
         """Objective of image ``k`` on unit ``k``: ``(K,)`` from a ``(K, ...)`` output."""

@@ -1,7 +1,8 @@
 """Image parameterisations: what the optimiser changes, and how it becomes an RGB image in ``[0,1]``.
 
 * :class:`PixelImage` — the pixels themselves, started flashtorch-style from uniform grey
-  ``150..179 / 255`` and kept in ``[0,1]`` by clamping after each update.
+  ``150..179 / 255`` (or from uniform noise in ``[0,1)``) and kept in ``[0,1]`` by clamping after
+  each update.
 * :class:`FourierImage` — Olah et al. 2017 (Lucid ``param.image(fft=True, decorrelate=True)``):
   a spectrum ``s`` (initialised ``N(0, 0.01^2)``) scaled by ``1 / max(f, 1/S)`` per frequency ``f``
   (cycles/pixel), ``t = irfft2(scale * s, norm="ortho") / 4``, colours decorrelated by the square
@@ -31,6 +32,11 @@ class PixelImage:
         """flashtorch's start: integers uniform in ``[150, 180)`` divided by 255, one stream per image."""
         pixels = torch.stack([torch.randint(150, 180, (3, size, size), generator=g) for g in generators])
         return cls(pixels.to(**placement).div(255.0))
+
+    @classmethod
+    def uniform_noise(cls, size: int, generators: Sequence[torch.Generator], placement: dict) -> PixelImage:
+        """Pixels uniform in ``[0,1)``, one stream per image: a start far from grey."""
+        return cls(torch.stack([torch.rand((3, size, size), generator=g) for g in generators]).to(**placement))
 
     def leaves(self) -> list[torch.Tensor]:
         return [self.pixels]

@@ -6,6 +6,10 @@ assert on them like on any other score::
     vis = subject.maximize("layer1.0.conv1", channels="all", steps=256)
     assert vis.dead() == []
     assert vis.relative_to(people).quantile(0.1) >= 1.0
+
+``dead()`` names only units that nothing tried drives above ``eps``: the optimised image, the
+real images given, and a reachability search (:mod:`cnnaudit.maximize.reach`) for the units still
+below ``eps``; ``liveness()`` says, per unit, which one decided.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from torch import nn
 
 from cnnaudit import evidence
 from cnnaudit.images import as_batch, iter_batches
-from cnnaudit.maximize import stats
+from cnnaudit.maximize import reach, stats
 from cnnaudit.maximize.loop import Settings, forward_to, placement
 from cnnaudit.maximize.objectives import Objective
 from cnnaudit.maximize.rng import ROBUSTNESS, unit_generators
@@ -38,12 +42,24 @@ class Stability:
     similarity: Scores  #: mean SSIM over all pairs of seeds' images
 
 
+@dataclass(frozen=True)
+class Liveness:
+    """How :meth:`Visualizations.liveness` decided about one unit."""
+
+    unit: int  #: the unit's index (channel, class index or direction number)
+    label: str
+    best: float  #: the largest objective value found (the search stops at its first value above eps)
+    source: str  #: where ``best`` was found: "optimised image", "real image <id>" or "reachability search (start i, step t)"
+    dead: bool  #: ``not best > eps``
+
+
 class Visualizations:
     """Images ``(K,3,S,S)`` in ``[0,1]`` (CPU) maximising ``K`` units of ``layer``, with their statistics.
 
     ``channels`` are the unit indices (channels, class indices, or direction numbers), ``labels``
     their names. ``start`` and ``achieved`` are the objective on the first and the final image
-    (untransformed). Built by :func:`cnnaudit.maximize.maximize`.
+    (untransformed). A unit is dead only when nothing drives it above ``eps``: see :meth:`liveness`.
+    Built by :func:`cnnaudit.maximize.maximize`.
     """
 
     def __init__(self, images: torch.Tensor, *, layer: str, objective: Objective, settings: Settings,
@@ -60,14 +76,16 @@ class Visualizations:
         self.subject = subject
         self._module = module
         self._rerun = rerun  # maximize() with this run's arguments, except seed=
+        self._searched: dict[float, dict[int, reach.Found]] = {}  # eps -> unit position -> reachability search result
         evidence.notify(self)
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def __repr__(self) -> str:
+        unreached = int(np.sum(~(self.achieved > 1e-6)))  # dead() would run the reachability search
         return (f"Visualizations(layer={self.layer!r}, objective={self.objective.kind!r}, units={len(self)}, "
-                f"size={self.images.shape[-1]}, dead={len(self.dead())})")
+                f"size={self.images.shape[-1]}, unreached={unreached})")
 
     # ---- what was achieved ----------------------------------------------------------------
     @cached_property
@@ -80,21 +98,64 @@ class Visualizations:
         start = np.where(self.start > 0, self.start, np.nan)
         return self._scores(self.achieved / start, "gain")
 
-    def dead(self, eps: float = 1e-6) -> list[int]:
-        """Units whose achieved objective is still ``<= eps``: no stimulus makes them fire."""
-        return [unit for unit, value in zip(self.channels, self.achieved) if not value > eps]
+    def dead(self, eps: float = 1e-6, images: Any = None) -> list[int]:
+        """The units that no image tried drives above ``eps``: ``[r.unit for r in liveness(eps, images) if r.dead]``."""
+        return [r.unit for r in self.liveness(eps, images) if r.dead]
+
+    def liveness(self, eps: float = 1e-6, images: Any = None) -> list[Liveness]:
+        """Per unit, the best objective value found and where: ``best_k = max(achieved_k, real_k, search_k)``.
+
+        ``real_k`` is the best of ``images`` (anything ``iter_batches`` accepts), when given.
+        ``search_k`` is :mod:`cnnaudit.maximize.reach`'s search (pixels, no random transforms,
+        redirected ReLU throughout, four starts, every step scored), run only for the units with
+        ``max(achieved_k, real_k) <= eps``, inside ``subject.audit()``, and cached per ``eps``.
+        Ties go to the later means; ``dead = not best_k > eps``.
+        """
+        tried = [[(float(value), "optimised image")] for value in self.achieved]
+        if images is not None:
+            best, best_ids = self._best_real(images)
+            for k, (value, image_id) in enumerate(zip(best, best_ids)):
+                tried[k].append((float(value), f"real image {image_id}"))
+        below = [k for k, values in enumerate(tried) if not max(v for v, _ in values) > eps]
+        for k, found in self._search(eps, below).items():
+            tried[k].append((found.value, f"reachability search (start {found.start}, step {found.step})"))
+        out = []
+        for unit, label, values in zip(self.channels, self.labels, tried):
+            best_value, source = max(reversed(values), key=lambda pair: pair[0])
+            out.append(Liveness(unit, label, best_value, source, not best_value > eps))
+        return out
 
     def relative_to(self, images: Any) -> Scores:
         """``achieved / max over real images`` of the same objective, per unit; NaN where that max is ``<= 0``.
 
         ``>= 1`` means the generated stimulus excites the unit at least as much as the best real image.
         """
-        best = np.full(len(self), -np.inf)
-        with self.subject.audit(), torch.no_grad():
-            for _, batch in iter_batches(images, getattr(self.subject, "batch_size", 32)):
-                out = forward_to(self.subject, self._module, batch.to(**placement(self.subject)))
-                best = np.maximum(best, self.objective.matrix(out).double().amax(dim=0).cpu().numpy())
+        best, _ = self._best_real(images)
         return self._scores(self.achieved / np.where(best > 0, best, np.nan), "relative_activation")
+
+    def _best_real(self, images: Any) -> tuple[np.ndarray, list[str]]:
+        """Per unit, ``max_m J_k(image_m)`` over real ``images`` and the id of that image (``images.ids``, else its index)."""
+        best, where = np.full(len(self), -np.inf), np.zeros(len(self), dtype=np.int64)
+        with self.subject.audit(), torch.no_grad():
+            for start, batch in iter_batches(images, getattr(self.subject, "batch_size", 32)):
+                out = forward_to(self.subject, self._module, batch.to(**placement(self.subject)))
+                values = self.objective.matrix(out).double().cpu().numpy()
+                top = values.max(axis=0)
+                better = top > best
+                best[better], where[better] = top[better], start + values.argmax(axis=0)[better]
+        ids = getattr(images, "ids", None)
+        return best, [str(ids[m]) if ids is not None else str(m) for m in where]
+
+    def _search(self, eps: float, positions: list[int]) -> dict[int, reach.Found]:
+        """The reachability search's result for the units at ``positions``; each unit searched once per ``eps``."""
+        done = self._searched.setdefault(eps, {})
+        missing = [k for k in positions if k not in done]
+        if missing:
+            batch_size = getattr(self.subject, "batch_size", None) or len(missing)
+            with evidence.paused(), self.subject.audit():
+                found = reach.search(self.subject, self._module, self.objective.select(missing), self.settings, eps, batch_size)
+            done.update(zip(missing, found))
+        return {k: done[k] for k in positions}
 
     # ---- how trustworthy the images are -----------------------------------------------------
     def stability(self, seeds: tuple[int, ...] = (1, 2)) -> Stability:
