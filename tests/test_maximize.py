@@ -164,16 +164,17 @@ def test_dead_unit_is_reported_and_left_unoptimised() -> None:
 
 def test_unit_that_cannot_fire_is_dead_after_the_full_search_which_runs_once() -> None:
     """conv channel 0: zero weights, bias -0.5, so conv = -0.5 and relu = 0 for every image. The search
-    tries 4 starts of 64 steps, scoring the image before the first step and after each: 4 x (64 + 65)
-    calls of the conv; asking again, or for the conv output itself, costs nothing more."""
+    probes the layer's shape once, then tries 4 map-wide and 3 single-position starts of 64 steps,
+    scoring the image before the first step and after each: 1 + 7 x (64 + 65) calls of the conv;
+    asking again, or for the conv output itself, costs nothing more."""
     model = colour_model([[0.0, 0.0, 0.0], [1.0, -1.0, 0.0]], [-0.5, 0.0], relu=True)
     subject = subject_of(model)
     vis = maximize(subject, "1", "all", param="pixel", steps=5, size=16)
     calls = counting(model[0])
     assert vis.liveness() == [Liveness(0, "channel 0", 0.0, "reachability search (start 0, step 0)", True),
                               Liveness(1, "channel 1", vis.achieved[1], "optimised image", False)]
-    assert len(calls) == 4 * (64 + 65)
-    assert vis.dead() == [0] and vis.dead(eps=1e-6) == [0] and len(calls) == 4 * (64 + 65)
+    assert len(calls) == 1 + 7 * (64 + 65)
+    assert vis.dead() == [0] and vis.dead(eps=1e-6) == [0] and len(calls) == 1 + 7 * (64 + 65)
     conv = maximize(subject, "0", [0], param="pixel", steps=5, size=16)
     assert conv.liveness(eps=-0.5)[0] == Liveness(0, "channel 0", -0.5, "reachability search (start 0, step 0)", True)
 
@@ -460,3 +461,17 @@ def test_layer_may_be_given_as_the_module_itself(tiny_cnn: nn.Module) -> None:
     by_name = maximize(subject, "features.2", channels=[1, 3], steps=2, size=16)
     assert by_module.layer == "features.2"
     assert torch.equal(by_module.images, by_name.images)
+
+
+def test_the_search_climbs_single_positions_where_the_map_wide_climb_silences_the_unit() -> None:
+    """Unit 13 of the demo's shipped candidate (features.relu4) fires for no test image, and the map-wide
+    climbs leave it at 0 (its mean pre-activation falls as its inputs are silenced); climbing the
+    centre position reaches it: it is alive, found by start 4 (the first single-position start)."""
+    from cnnaudit import demo
+
+    subject = subject_of(demo.shipped_model("candidate"))
+    people = demo.make_people(200, split="test", seed=0)
+    vis = maximize(subject, "features.relu4", [13], steps=64, size=64)
+    (found,) = vis.liveness(images=people)
+    assert vis.achieved[0] <= 1e-6 and found.source.startswith("reachability search (start 4,"), found
+    assert found.best > 1e-6 and not found.dead and vis.dead(images=people) == []

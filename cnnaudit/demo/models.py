@@ -41,7 +41,7 @@ VARIANTS: dict[str, str] = {"clean": "balanced", "biased": "biased"}
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
-_FORMAT = 2  # bump when the architecture or the training loop changes meaning
+_FORMAT = 3  # bump when the architecture or the training loop changes meaning
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,8 @@ SHIPPED: dict[str, Shipped] = {
 class PeopleCNN(nn.Module):
     """Takes ``[0, 1]`` images: ``(x - 0.5) / 0.25`` -> ``features`` (conv3x3 + ReLU blocks with a 2x2
     max-pool between them, so four blocks map 64 px to an 8x8 grid) -> global average ``pool`` ->
-    linear ``classifier``. Convolutions start from Kaiming-normal weights and zero biases.
+    linear ``classifier``. Convolutions start from Kaiming-normal weights and zero biases. Weights and
+    activations are kept channels-last, which runs these narrow convolutions about twice as fast on a CPU.
 
     Layer names: ``features.conv{k}``, ``features.relu{k}``, ``features.pool{k}``; ``"features"`` is the
     last block's ReLU output, the natural Grad-CAM layer.
@@ -104,9 +105,11 @@ class PeopleCNN(nn.Module):
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
                 nn.init.zeros_(module.bias)
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.pool(self.features((x - 0.5) / 0.25)).flatten(1))
+        x = ((x - 0.5) / 0.25).contiguous(memory_format=torch.channels_last)
+        return self.classifier(self.pool(self.features(x)).flatten(1))
 
 
 def shipped_model(name: str = "clean") -> PeopleCNN:

@@ -24,12 +24,17 @@ from cnnaudit.subject import Subject
 
 @dataclass(frozen=True)
 class Figure:
-    """One audited figure: passes when ``value >= threshold`` (``at_least``) or ``value <= threshold``."""
+    """One audited figure: passes when ``value >= threshold`` (``at_least``) or ``value <= threshold``.
+
+    ``margin_needed``: how far inside the threshold every clean model must lie (0.05 for interval
+    bounds and ratios; 0 for unit counts and for the release gate, whose threshold is itself a margin).
+    """
 
     name: str
     threshold: float
     at_least: bool
     attention: bool  # an attention audit (the biased model must fail it)
+    margin_needed: float = 0.05
 
     def margin(self, value: float) -> float:
         """How far inside the threshold ``value`` lies (negative: the audit fails)."""
@@ -44,11 +49,11 @@ FIGURES: tuple[Figure, ...] = (
     Figure("accuracy, CI low", 0.85, True, False),
     Figure("accuracy stereotyped - counter, CI high", 0.1, False, False),
     Figure("Grad-CAM sanity check, median correlation", 0.5, False, False),
-    Figure("features.relu1: dead units", 0, False, False),
+    Figure("features.relu1: dead units", 0, False, False, margin_needed=0.0),
     Figure("features.relu1: relative activation, 10% quantile", 1.0, True, False),
-    Figure("features.relu4[:16]: dead units", 0, False, False),
+    Figure("features.relu4[:16]: dead units", 0, False, False, margin_needed=0.0),
     Figure("features.relu4[:16]: relative activation, median", 1.0, True, False),
-    Figure("mass on tools, mean, minus the released model's", -0.02, True, False),
+    Figure("mass on tools, mean, minus the released model's", -0.02, True, False, margin_needed=0.0),
 )
 
 

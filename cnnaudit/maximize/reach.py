@@ -6,7 +6,12 @@ only its last image. For the units whose optimised image scores ``<= eps`` the s
 from each start of :func:`starts` (grey noise with seeds ``s, s+1, s+2``, then uniform noise;
 ``s`` = the run's seed), ``max(run steps, 64)`` steps of normalised pixel ascent with no random
 transforms and the redirected ReLU gradient throughout (so an off unit's pre-activation is pushed
-up), and scores the untransformed image before the first step and after every step::
+up), and scores the untransformed image before the first step and after every step. For a channel
+of a spatial layer, :data:`NEURON_OFFSETS` starts then climb one position of the channel (the
+``neuron`` objective) while still scoring the channel: pushing the whole map up can silence the
+inputs a unit needs (its mean pre-activation falls when its weights are mostly negative), while a
+single position finds a local pattern; a unit of a trained network that no test image drives, and
+that the map-wide climb leaves at 0, reached 0.87 this way::
 
     found_k = first (start i, step t) with J_k(x_{i,t}) > eps, else argmax_{i,t} J_k(x_{i,t})
 
@@ -21,9 +26,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
-from cnnaudit.maximize.loop import DEFAULT_LR, Settings, evaluate, trajectory
+from cnnaudit.maximize.loop import DEFAULT_LR, Settings, evaluate, forward_to, placement, trajectory
 from cnnaudit.maximize.objectives import Objective
 from cnnaudit.maximize.transforms import Transforms
 
@@ -31,6 +37,8 @@ from cnnaudit.maximize.transforms import Transforms
 MIN_STEPS = 64
 #: grey-noise starts (seeds ``s .. s + GREY_STARTS - 1``) before the uniform-noise one
 GREY_STARTS = 3
+#: positions (from the map's centre) climbed one at a time for a channel of a spatial layer, after the map-wide starts
+NEURON_OFFSETS = ((0, 0), (-1, -1), (1, 1))
 
 
 @dataclass(frozen=True)
@@ -42,13 +50,24 @@ class Found:
     step: int
 
 
-def starts(settings: Settings) -> list[Settings]:
+@dataclass(frozen=True)
+class Start:
+    """One run of the search: its settings, and the position it climbs (``None``: the unit's own objective)."""
+
+    settings: Settings
+    neuron: tuple[int, int] | None = None
+
+
+def starts(settings: Settings, spatial_channel: bool) -> list[Start]:
     """The search's runs for a visualisation made with ``settings`` (see the module docstring)."""
     steps = max(settings.steps, MIN_STEPS)
     grey = Settings(steps=steps, size=settings.size, seed=settings.seed, param="pixel", schedule=None,
                     lr=DEFAULT_LR[("pixel", None)], transforms=Transforms.none(), redirect_steps=steps)
-    return [dataclasses.replace(grey, seed=settings.seed + i) for i in range(GREY_STARTS)] + [
-        dataclasses.replace(grey, pixel_start="uniform")]
+    runs = [Start(dataclasses.replace(grey, seed=settings.seed + i)) for i in range(GREY_STARTS)]
+    runs.append(Start(dataclasses.replace(grey, pixel_start="uniform")))
+    if spatial_channel:
+        runs += [Start(grey, neuron=offset) for offset in NEURON_OFFSETS]
+    return runs
 
 
 def search(subject: Any, module: nn.Module | None, objective: Objective, settings: Settings, eps: float,
@@ -64,15 +83,24 @@ def search(subject: Any, module: nn.Module | None, objective: Objective, setting
 def _search_batch(subject: Any, module: nn.Module | None, objective: Objective, settings: Settings,
                   eps: float) -> list[Found]:
     found: dict[int, Found] = {}
-    for number, run in enumerate(starts(settings)):
+    for number, run in enumerate(starts(settings, _spatial_channel(subject, module, objective, settings))):
         todo = [k for k in range(len(objective)) if k not in found or not found[k].value > eps]
         if not todo:
             break
         part = objective.select(todo)
-        for step, image in enumerate(trajectory(subject, module, part, run)):
+        climbed = part if run.neuron is None else dataclasses.replace(part, kind="neuron", offset=run.neuron)
+        for step, image in enumerate(trajectory(subject, module, climbed, run.settings)):
             for k, value in zip(todo, evaluate(subject, module, part, image.image().detach()).tolist()):
                 if k not in found or (value > found[k].value and not found[k].value > eps):
                     found[k] = Found(value, number, step)
             if all(found[k].value > eps for k in todo):
                 break
     return [found[k] for k in range(len(objective))]
+
+
+def _spatial_channel(subject: Any, module: nn.Module | None, objective: Objective, settings: Settings) -> bool:
+    """Whether ``objective`` is a channel of a layer with a ``(N, C, h, w)`` output (probed on one grey image)."""
+    if objective.kind != "channel" or module is None:
+        return False
+    with torch.no_grad():
+        return forward_to(subject, module, torch.full((1, 3, settings.size, settings.size), 0.5, **placement(subject))).ndim == 4
