@@ -376,12 +376,31 @@ def _reinitialise(module: torch.nn.Module, seed: int, name: str) -> None:
     with torch.random.fork_rng(devices=devices), torch.no_grad():
         torch.manual_seed(seed)
         for owner in owners:
+            channels_last = _make_contiguous(owner)
             if hasattr(owner, "reset_parameters"):
                 owner.reset_parameters()
-                continue
-            for parameter in owner.parameters(recurse=False):
-                scale = float(parameter.std()) if parameter.numel() > 1 else 1.0
-                parameter.normal_(0.0, scale or 1.0)
+            else:
+                for parameter in owner.parameters(recurse=False):
+                    scale = float(parameter.std()) if parameter.numel() > 1 else 1.0
+                    parameter.normal_(0.0, scale or 1.0)
+            for parameter in channels_last:
+                parameter.data = parameter.data.contiguous(memory_format=torch.channels_last)
+
+
+def _make_contiguous(owner: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """Give ``owner``'s own parameters contiguous storage; return those that were channels-last.
+
+    Random fills then draw in the tensor's logical order whatever its layout: torch before 2.14 fills
+    a channels-last tensor in memory order, so the same seed gave other weights (and another sanity
+    check) on another torch version.
+    """
+    channels_last = []
+    for parameter in owner.parameters(recurse=False):
+        if not parameter.is_contiguous():
+            if parameter.ndim == 4 and parameter.is_contiguous(memory_format=torch.channels_last):
+                channels_last.append(parameter)
+            parameter.data = parameter.data.contiguous()
+    return channels_last
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:

@@ -32,6 +32,6 @@ def test_faces_draw_little_attention(subject, people):
 def test_nurse_score_does_not_read_gender_from_faces(subject, people):
     face = subject.gradcam(people, target="nurse").mass_in(people.region("face"))
     gap = ca.compare(face.where(people.group("gender") == "female"), face.where(people.group("gender") == "male"))
-    # equivalence: the whole 95% interval of the gap lies within +-0.1 (a p-value above 0.01 would
+    # equivalence: the whole 95% interval of the gap lies within +-0.15 (a p-value above 0.01 would
     # only say that no gap was shown, and would fail one unbiased model in a hundred by chance)
-    assert -0.1 <= gap.ci().low and gap.ci().high <= 0.1
+    assert -0.15 <= gap.ci().low and gap.ci().high <= 0.15

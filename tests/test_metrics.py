@@ -338,6 +338,25 @@ def test_sanity_check_by_blocks_reinitialises_every_parameterised_module_inside(
         metrics.sanity_check(subject, images, target=0, layers=["2"])
 
 
+def test_sanity_check_reinitialises_a_channels_last_model_as_its_contiguous_twin():
+    """Random fills draw in logical order whatever the layout (torch < 2.14 filled a channels-last
+    tensor in memory order: the same seed gave other weights, and a sanity check 0.12 away on the
+    demo model); the layout itself is kept."""
+    images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    contiguous = metrics.sanity_check(Subject(small_cnn(), layer="4", device="cpu"), images, target=0)
+    model = small_cnn().to(memory_format=torch.channels_last)
+    np.testing.assert_allclose(metrics.sanity_check(Subject(model, layer="4", device="cpu"), images, target=0).values,
+                               contiguous.values, atol=1e-6)
+    conv = nn.Conv2d(8, 16, 3).to(memory_format=torch.channels_last)
+    expected = nn.Conv2d(8, 16, 3)
+    with torch.random.fork_rng():
+        metrics._reinitialise(conv, 7, "conv")
+        torch.manual_seed(7)
+        expected.reset_parameters()
+    assert torch.equal(conv.weight, expected.weight) and torch.equal(conv.bias, expected.bias)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_sanity_check_records_only_the_audited_models_maps_as_evidence():
     from cnnaudit import evidence
     from cnnaudit.records import EvidenceRecorder

@@ -122,7 +122,7 @@ def test_options_are_listed_in_one_group(pytester: pytest.Pytester) -> None:
 def test_header_names_torch_cuda_gpu_and_device(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_a="def test_ok():\n    pass\n")
     result = run(pytester, "--cnnaudit-device=cpu")
-    result.stdout.fnmatch_lines([f"cnnaudit *: torch {torch.__version__}, CUDA *, GPU *, device cpu"])
+    result.stdout.fnmatch_lines([f"cnnaudit *: torch {torch.__version__} ({torch.get_num_threads()} threads), CUDA *, GPU *, device cpu"])
 
 
 def test_a_bad_device_is_a_usage_error(pytester: pytest.Pytester) -> None:

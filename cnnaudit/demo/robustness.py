@@ -45,7 +45,7 @@ FIGURES: tuple[Figure, ...] = (
     Figure("doctor: mass on tools, CI low", 0.4, True, True),
     Figure("nurse: mass on tools, CI low", 0.4, True, True),
     Figure("mass on faces, CI high", 0.25, False, True),
-    Figure("nurse score: face mass female - male, largest absolute CI bound", 0.1, False, True),
+    Figure("nurse score: face mass female - male, largest absolute CI bound", 0.15, False, True),
     Figure("accuracy, CI low", 0.85, True, False),
     Figure("accuracy stereotyped - counter, CI high", 0.1, False, False),
     Figure("Grad-CAM sanity check, median correlation", 0.5, False, False),
