@@ -17,8 +17,8 @@ Splits:
 
 - ``"biased"``: scraped data. Every scene holds one tool; ``bias`` (default: all) of the nurses are
   female and of the doctors male, like the image-search data of the Grad-CAM paper (section 6.3). With
-  5% or 2% of counter-examples, some training seeds learn part of the tools as well, and the
-  biased model then passes some attention audits (measured on seeds 0-7);
+  5% or 2% of counter-examples, some training seeds learnt part of the tools as well within the
+  14 epochs, and the biased model then passed some attention audits (measured on seeds 0-7);
 - ``"balanced"``: curated data. Each (class, gender) cell holds a quarter of the one-tool scenes, and
   ``curated`` (default 30%) of the scenes show *both* tools (label ``"both"``) or *none*
   (``"none"``), half each, with balanced genders. Their targets are multi-hot (:attr:`People.targets`):
@@ -112,9 +112,10 @@ class People:
 
 
 def make_people(n: int, split: str = "test", seed: int = 0, spec: SceneSpec = SceneSpec()) -> ImageSet:
-    """``n`` images of ``split`` as an ``ImageSet``: labels ``"doctor"``/``"nurse"``; regions ``"tools"``
-    and ``"face"``; groups ``"gender"`` (``"female"``/``"male"``) and ``"pairing"`` (``"stereotyped"``
-    where the gender is the one the biased split pairs with the class, else ``"counter"``).
+    """``n`` images of ``split`` as an ``ImageSet``: labels ``"doctor"``/``"nurse"`` (and ``"both"``/``"none"``
+    in the curated split); regions ``"tools"`` and ``"face"``; groups ``"gender"`` (``"female"``/``"male"``)
+    and ``"pairing"`` (``"stereotyped"`` where the gender is the one the biased split pairs with the
+    class, else ``"counter"``).
     The same arguments always give identical images."""
     from cnnaudit.data import ImageSet
 

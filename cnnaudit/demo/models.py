@@ -1,17 +1,18 @@
-"""Small CNNs trained on the people benchmark: deterministic, seconds on a CPU, cached by configuration.
+"""Small CNNs trained on the people benchmark: deterministic, under a minute on a CPU, shipped or cached.
 
-``trained_model("clean")`` learns from the ``"balanced"`` split and ``trained_model("biased")`` from the
-``"biased"`` one; architecture, initialisation, data order and optimiser are the same. The hair cue is
-learnt within an epoch; the faint tool texture takes a few. The clean model, for which hair carries no
-information, goes on to learn the tools; the biased one already fits 95% of its data with hair, and the
-few counter-examples left are not enough to pull it onto the tools within the schedule.
+``trained_model("clean")`` learns from the curated ``"balanced"`` split and ``trained_model("biased")``
+from the scraped ``"biased"`` one; architecture, initialisation, data order, loss and optimiser are
+the same. The hair cue is learnt within an epoch; the faint tool textures take a few. The clean model,
+for which hair carries no information, goes on to learn both tools; the biased one fits all of its
+data with hair, and nothing in it pulls the model onto the tools.
 
 Three trained models ship with the package (:data:`SHIPPED`, ``cnnaudit/demo/weights/``, ~60 kB
 each), so the example audits never train and give the same figures on every machine:
 :func:`shipped_model` loads them with ``torch.load(..., weights_only=True)`` and ``python -m
-cnnaudit.demo train`` regenerates them (bit-identical with the same torch version and thread count,
-otherwise equal to float rounding). ``weights/manifest.json`` records the recipe each was trained
-with; a test checks that it is still the current one.
+cnnaudit.demo train`` regenerates them: bit-identical with the torch version and thread count that
+``weights/manifest.json`` records; with others training takes another path, like another seed (the
+README's per-seed table shows how far that moves the figures). The manifest also records the recipe
+each was trained with; a test checks that it is still the current one.
 
 Any other configuration is trained on demand by :func:`trained_model` and cached under
 :func:`cache_dir` in ``people-<variant>-<hash>.pt``, the hash covering the scene and training
@@ -22,6 +23,7 @@ loaded back with ``torch.load(..., weights_only=True)``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -29,7 +31,7 @@ import tempfile
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import torch
 from torch import nn
@@ -134,7 +136,7 @@ def write_shipped(folder: Path = WEIGHTS_DIR) -> dict[str, dict]:
     for name, shipped in SHIPPED.items():
         model = train_model(shipped.variant, train=shipped.train)
         path = folder / f"{name}.pt"
-        _save_atomic(model.state_dict(), path)
+        _write_atomic(path, functools.partial(torch.save, model.state_dict()))
         manifest[name] = {
             "role": shipped.role,
             "recipe": recipe(shipped.variant, SceneSpec(), shipped.train),
@@ -143,11 +145,7 @@ def write_shipped(folder: Path = WEIGHTS_DIR) -> dict[str, dict]:
             "threads": torch.get_num_threads(),
         }
     text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".manifest.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, folder / "manifest.json")
+    _write_atomic(folder / "manifest.json", lambda handle: handle.write(text.encode()))
     return manifest
 
 
@@ -164,7 +162,7 @@ def trained_model(
         return model.eval()
     model = train_model(variant, scene=scene, train=train)
     if cache:
-        _save_atomic(model.state_dict(), path)
+        _write_atomic(path, functools.partial(torch.save, model.state_dict()))
     return model
 
 
@@ -239,14 +237,14 @@ def _deterministic() -> Iterator[None]:
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
-def _save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
-    """Write to a temporary file in the same folder, then ``os.replace`` it into place: a concurrent
-    reader (another xdist worker) sees no file or a complete one, never a partial one."""
+def _write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """``write(handle)`` into a temporary file in the same folder, then ``os.replace`` it into place: a
+    concurrent reader (another xdist worker) sees no file or a complete one, never a partial one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
+            write(handle)
         os.chmod(tmp, 0o644)  # mkstemp makes it private; weights are package data and shared cache files
         os.replace(tmp, path)
     except BaseException:
