@@ -376,31 +376,33 @@ def _reinitialise(module: torch.nn.Module, seed: int, name: str) -> None:
     with torch.random.fork_rng(devices=devices), torch.no_grad():
         torch.manual_seed(seed)
         for owner in owners:
-            channels_last = _make_contiguous(owner)
+            layouts = _make_contiguous(owner)
             if hasattr(owner, "reset_parameters"):
                 owner.reset_parameters()
             else:
                 for parameter in owner.parameters(recurse=False):
                     scale = float(parameter.std()) if parameter.numel() > 1 else 1.0
                     parameter.normal_(0.0, scale or 1.0)
-            for parameter in channels_last:
-                parameter.data = parameter.data.contiguous(memory_format=torch.channels_last)
+            for parameter, layout in layouts:
+                parameter.data = layout.copy_(parameter.data)
 
 
-def _make_contiguous(owner: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """Give ``owner``'s own parameters contiguous storage; return those that were channels-last.
+def _make_contiguous(owner: torch.nn.Module) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
+    """Give ``owner``'s non-contiguous parameters contiguous storage; return each with an empty tensor
+    of its old layout to copy the new values back into.
 
-    Random fills then draw in the tensor's logical order whatever its layout: torch before 2.14 fills
-    a channels-last tensor in memory order, so the same seed gave other weights (and another sanity
-    check) on another torch version.
+    Random fills (``uniform_``, ``normal_``, ``nn.init``) draw in memory order, so a channels-last
+    weight got other values than a contiguous one from the same seed; torch 2.14's ``Conv2d.
+    reset_parameters`` initialises through a contiguous buffer, torch 2.11's did not, so the demo's
+    channels-last model had another sanity check on each. Filling contiguous storage gives the same
+    weights whatever the layout and the torch version.
     """
-    channels_last = []
+    layouts = []
     for parameter in owner.parameters(recurse=False):
         if not parameter.is_contiguous():
-            if parameter.ndim == 4 and parameter.is_contiguous(memory_format=torch.channels_last):
-                channels_last.append(parameter)
+            layouts.append((parameter, torch.empty_like(parameter.data)))
             parameter.data = parameter.data.contiguous()
-    return channels_last
+    return layouts
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:

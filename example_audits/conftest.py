@@ -58,10 +58,11 @@ def release_candidate(request: pytest.FixtureRequest, cnnaudit_device: object) -
     """The model a release gate decides on: the retrained candidate (it must pass) and the biased one
     (the gate must catch it: an expected failure).
 
-    A run that records the baseline (``--cnnaudit-save-baseline``) audits the released model in every
-    candidate's place, so that the baseline holds what the released model scored on each gate.
+    A run that records the baseline (``--cnnaudit-save-baseline`` or the ``cnnaudit_save_baseline``
+    ini key) audits the released model in every candidate's place, so that the baseline holds what the
+    released model scored on each gate: in that run both ids pass, with the released model's figures.
     """
-    if request.config.getoption("cnnaudit_save_baseline"):
+    if request.config.getoption("cnnaudit_save_baseline") or request.config.getini("cnnaudit_save_baseline"):
         return _subject("clean", cnnaudit_device)
     if request.param == "biased":
         request.applymarker(

@@ -10,4 +10,4 @@ def test_gradcam_depends_on_the_weights(clean_subject, people):
     # Spearman correlation between the maps of the trained model and of copies re-initialised
     # from the top, one value per step of the cascade: an explainer that ignores the weights would
     # stay at 1. The median, not the max: a single re-initialisation may correlate by chance.
-    assert check.median() < 0.5
+    assert check.median() <= 0.5

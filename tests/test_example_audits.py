@@ -19,7 +19,7 @@ from typing import Callable
 import pytest
 
 from cnnaudit import demo
-from cnnaudit.demo.robustness import figures
+from cnnaudit.demo.robustness import figures, released_tools_mean
 
 ROOT = Path(__file__).resolve().parents[1]
 THREADS = (1, 2)
@@ -102,6 +102,13 @@ def test_the_per_seed_table_measures_what_the_audits_assert(audited) -> None:
         assert mine[figure] == pytest.approx(recorded[key]["ci"][bound], abs=1e-9), figure
     sanity = recorded[("test_sanity.py::test_gradcam_depends_on_the_weights", "sanity_check(gradcam)")]
     assert mine["Grad-CAM sanity check, median correlation"] == pytest.approx(sanity["median"], abs=1e-9)
+    relu1 = recorded[("test_units.py::test_first_block_has_no_dead_filters[clean]", "relative_activation")]
+    assert mine["features.relu1: relative activation, 10% quantile"] == pytest.approx(relu1["quantiles"]["0.1"], abs=1e-9)
+    relu4 = recorded[("test_units.py::test_last_block_units_are_reachable[clean]", "relative_activation")]
+    assert mine["features.relu4[:16]: relative activation, median"] == pytest.approx(relu4["median"], abs=1e-9)
+    gate = recorded[("test_release_gate.py::test_attention_on_tools_did_not_drop[candidate]", "mass_in(tools)")]
+    candidate = figures(demo.shipped_model("candidate"))
+    assert candidate["mass on tools, mean, minus the released model's"] == pytest.approx(gate["mean"] - released_tools_mean(), abs=1e-9)
 
 
 def test_recording_the_baseline_reproduces_the_committed_one(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -338,10 +339,18 @@ def test_sanity_check_by_blocks_reinitialises_every_parameterised_module_inside(
         metrics.sanity_check(subject, images, target=0, layers=["2"])
 
 
+class Scale4d(nn.Module):
+    """A module with a 4-D parameter and no ``reset_parameters``: re-initialised with ``normal_``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.rand(4, 3, 2, 2) + 0.5)
+
+
 def test_sanity_check_reinitialises_a_channels_last_model_as_its_contiguous_twin():
-    """Random fills draw in logical order whatever the layout (torch < 2.14 filled a channels-last
-    tensor in memory order: the same seed gave other weights, and a sanity check 0.12 away on the
-    demo model); the layout itself is kept."""
+    """Random fills draw in memory order, so a channels-last weight got other values from the same
+    seed (torch 2.11's Conv2d.reset_parameters too: a sanity check 0.12 away on the demo model). The
+    re-initialisation fills contiguous storage, then restores the layout."""
     images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(2))
     contiguous = metrics.sanity_check(Subject(small_cnn(), layer="4", device="cpu"), images, target=0)
     model = small_cnn().to(memory_format=torch.channels_last)
@@ -355,6 +364,13 @@ def test_sanity_check_reinitialises_a_channels_last_model_as_its_contiguous_twin
         expected.reset_parameters()
     assert torch.equal(conv.weight, expected.weight) and torch.equal(conv.bias, expected.bias)
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    plain = Scale4d()
+    channels_last = copy.deepcopy(plain)
+    channels_last.weight.data = channels_last.weight.data.contiguous(memory_format=torch.channels_last)
+    for module in (plain, channels_last):
+        metrics._reinitialise(module, 3, "scale")
+    assert torch.equal(plain.weight, channels_last.weight)
+    assert channels_last.weight.is_contiguous(memory_format=torch.channels_last) and not channels_last.weight.is_contiguous()
 
 
 def test_sanity_check_records_only_the_audited_models_maps_as_evidence():

@@ -9,7 +9,7 @@ with scikit-image, so it runs on a fresh machine with no downloads::
     people = demo.make_people(200, split="test")         # labels, regions "tools"/"face", group "gender"
     biased = ca.Subject(demo.shipped_model("biased"), layer="features", classes=demo.CLASSES)
     nurses = people.where(label="nurse")
-    biased.gradcam(nurses, target="nurse").mass_in(nurses.region("face")).mean()   # ~0.6: reads hair
+    biased.gradcam(nurses, target="nurse").mass_in(nurses.region("face")).mean()   # ~0.7: reads hair
 
 ``shipped_model`` loads one of the three models that ship with the package (no training);
 ``trained_model`` trains any other configuration (under a minute on a CPU) and caches it. See

@@ -19,14 +19,25 @@ from cnnaudit.demo.robustness import seed_table, shipped_table
 
 
 def _seed_range(text: str) -> list[int]:
-    """``"0-7"`` or ``"0,3,5"`` -> a list of seeds."""
+    """``"0-7"`` or ``"0,3,5"`` -> a non-empty list of non-negative seeds."""
     try:
         if "-" in text:
             low, high = (int(part) for part in text.split("-", 1))
-            return list(range(low, high + 1))
-        return [int(part) for part in text.split(",")]
+            seeds = list(range(low, high + 1))
+        else:
+            seeds = [int(part) for part in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds takes a range like 0-7 or a list like 0,3,5, got {text!r}") from None
+        seeds = []
+    if not seeds or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"--seeds takes a range like 0-7 or a list like 0,3,5 of seeds >= 0, got {text!r}")
+    return seeds
+
+
+def _threads(text: str) -> int:
+    """A positive thread count."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"--threads takes a whole number >= 1, got {text!r}")
+    return int(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,10 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("table", help="the shipped models' figures on the test images (the default)")
     seeds = commands.add_parser("seeds", help="train the recipe for several seeds and print the spread of every audited figure")
     seeds.add_argument("--seeds", type=_seed_range, default=list(range(8)), help="seeds to train (default 0-7)")
-    seeds.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (default: torch's)")
+    seeds.add_argument("--threads", type=_threads, default=torch.get_num_threads(), help="torch threads (default: torch's)")
     train = commands.add_parser("train", help="regenerate the shipped weights")
     train.add_argument("--out", type=Path, default=WEIGHTS_DIR, help=f"folder to write to (default {WEIGHTS_DIR})")
-    train.add_argument("--threads", type=int, default=1, help="torch threads used for training (default 1)")
+    train.add_argument("--threads", type=_threads, default=1, help="torch threads used for training (default 1)")
     args = parser.parse_args(argv)
 
     if args.command == "seeds":

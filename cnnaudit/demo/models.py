@@ -6,7 +6,7 @@ the same. The hair cue is learnt within an epoch; the faint tool textures take a
 for which hair carries no information, goes on to learn both tools; the biased one fits all of its
 data with hair, and nothing in it pulls the model onto the tools.
 
-Three trained models ship with the package (:data:`SHIPPED`, ``cnnaudit/demo/weights/``, ~60 kB
+Three trained models ship with the package (:data:`SHIPPED`, ``cnnaudit/demo/weights/``, 65 kB
 each), so the example audits never train and give the same figures on every machine:
 :func:`shipped_model` loads them with ``torch.load(..., weights_only=True)`` and ``python -m
 cnnaudit.demo train`` regenerates them: bit-identical with the torch version and thread count that
@@ -153,7 +153,7 @@ def trained_model(
     variant: str = "clean", *, scene: SceneSpec = SceneSpec(), train: TrainSpec = TrainSpec(), cache: bool = True
 ) -> PeopleCNN:
     """The ``variant`` model (``"clean"`` or ``"biased"``) in eval mode: loaded from the cache when a
-    file for this exact configuration exists, otherwise trained (seconds on a CPU) and, with
+    file for this exact configuration exists, otherwise trained (under a minute on a CPU) and, with
     ``cache=True``, stored there."""
     path = cache_path(variant, scene, train)
     if cache and path.is_file():
@@ -167,8 +167,9 @@ def trained_model(
 
 
 def train_model(variant: str, *, scene: SceneSpec = SceneSpec(), train: TrainSpec = TrainSpec()) -> PeopleCNN:
-    """Train the ``variant`` model from scratch on ``train.n_train`` images of its split: cross-entropy,
-    Adam under a one-cycle learning rate peaking at ``max_lr``, batches in a seeded random order, the
+    """Train the ``variant`` model from scratch on ``train.n_train`` images of its split: per-class
+    sigmoid cross-entropy on the multi-hot targets, Adam under a one-cycle learning rate peaking at
+    ``max_lr``, batches in a seeded random order, the
     initialisation seeded with ``train.seed`` and deterministic algorithms on. One configuration gives
     bit-identical weights on every run with the same torch version, CPU and thread count. The global
     RNG state and the deterministic-algorithms setting are restored afterwards."""

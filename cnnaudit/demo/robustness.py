@@ -15,6 +15,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from cnnaudit.data import ImageSet
 from cnnaudit.demo.data import CLASSES, make_people
 from cnnaudit.demo.models import SHIPPED, TrainSpec, shipped_model, train_model
 from cnnaudit.metrics import sanity_check
@@ -57,13 +58,26 @@ FIGURES: tuple[Figure, ...] = (
 )
 
 
-def figures(model: torch.nn.Module, released_tools_mean: float | None = None) -> dict[str, float]:
-    """Every figure of :data:`FIGURES` for ``model`` on the example audits' 200 test images.
+def _people() -> ImageSet:
+    """The example audits' 200 held-out test images."""
+    return make_people(200, split="test", seed=0)
 
-    The release-gate figure needs the released model's mean mass on tools (computed from the
-    shipped ``"clean"`` model when not given)."""
-    people = make_people(200, split="test", seed=0)
-    subject = Subject(model, layer="features", classes=list(CLASSES), device="cpu")
+
+def _subject(model: torch.nn.Module) -> Subject:
+    return Subject(model, layer="features", classes=list(CLASSES), device="cpu")
+
+
+def released_tools_mean() -> float:
+    """The released (shipped ``"clean"``) model's mean mass on tools: the release gate's baseline."""
+    people = _people()
+    return _subject(shipped_model("clean")).gradcam(people).mass_in(people.region("tools")).mean()
+
+
+def figures(model: torch.nn.Module, released_mean: float | None = None) -> dict[str, float]:
+    """Every figure of :data:`FIGURES` for ``model`` on the example audits' 200 test images; the
+    release-gate figure is taken against ``released_mean`` (default :func:`released_tools_mean`)."""
+    people = _people()
+    subject = _subject(model)
     doctors, nurses = people.where(label="doctor"), people.where(label="nurse")
     gender = people.group("gender")
     face = subject.gradcam(people, target="nurse").mass_in(people.region("face"))
@@ -74,9 +88,7 @@ def figures(model: torch.nn.Module, released_tools_mean: float | None = None) ->
     relu1 = subject.maximize("features.relu1", channels="all", size=64, steps=64, seed=0)
     relu4 = subject.maximize("features.relu4", channels=range(16), size=64, steps=64, seed=0)
     tools_mean = subject.gradcam(people).mass_in(people.region("tools")).mean()
-    if released_tools_mean is None:
-        released = Subject(shipped_model("clean"), layer="features", classes=list(CLASSES), device="cpu")
-        released_tools_mean = released.gradcam(people).mass_in(people.region("tools")).mean()
+    released_mean = released_tools_mean() if released_mean is None else released_mean
     values = (
         subject.gradcam(doctors, target="doctor").mass_in(doctors.region("tools")).ci().low,
         subject.gradcam(nurses, target="nurse").mass_in(nurses.region("tools")).ci().low,
@@ -89,16 +101,14 @@ def figures(model: torch.nn.Module, released_tools_mean: float | None = None) ->
         relu1.relative_to(people).quantile(0.1),
         len(relu4.dead(images=people)),
         relu4.relative_to(people).median(),
-        tools_mean - released_tools_mean,
+        tools_mean - released_mean,
     )
     return {figure.name: float(value) for figure, value in zip(FIGURES, values)}
 
 
 def seed_figures(seeds: Iterable[int], train: TrainSpec = TrainSpec()) -> dict[str, list[dict[str, float]]]:
     """:func:`figures` of the clean and the biased model trained with each seed: ``{variant: [per seed]}``."""
-    released = Subject(shipped_model("clean"), layer="features", classes=list(CLASSES), device="cpu")
-    people = make_people(200, split="test", seed=0)
-    released_mean = released.gradcam(people).mass_in(people.region("tools")).mean()
+    seeds, released_mean = list(seeds), released_tools_mean()
     return {
         variant: [figures(train_model(variant, train=replace(train, seed=seed)), released_mean) for seed in seeds]
         for variant in ("clean", "biased")
@@ -109,7 +119,7 @@ def seed_table(seeds: list[int], train: TrainSpec = TrainSpec()) -> str:
     """Markdown: per figure, min / median / max over ``seeds`` for each variant and the worst margin."""
     runs = seed_figures(seeds, train)
     lines = [
-        f"Seeds {seeds[0]}..{seeds[-1]} ({len(seeds)}), torch {torch.__version__}, {torch.get_num_threads()} thread(s)",
+        f"Seeds {', '.join(map(str, seeds))}; torch {torch.__version__}, {torch.get_num_threads()} thread(s)",
         "",
         "| figure | passes when | clean: min / median / max | clean: worst margin | biased: min / median / max | biased: best margin |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -128,8 +138,8 @@ def seed_table(seeds: list[int], train: TrainSpec = TrainSpec()) -> str:
 
 def shipped_table() -> str:
     """Markdown: the README's table, every figure for each shipped model."""
-    names = list(SHIPPED)
-    runs = {name: figures(shipped_model(name)) for name in names}
+    names, released_mean = list(SHIPPED), released_tools_mean()
+    runs = {name: figures(shipped_model(name), released_mean) for name in names}
     lines = ["| figure | passes when | " + " | ".join(names) + " |", "| --- | --- |" + " --- |" * len(names)]
     for figure in FIGURES:
         rule = f"{'>=' if figure.at_least else '<='} {figure.threshold:g}"

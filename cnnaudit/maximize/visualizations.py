@@ -107,7 +107,8 @@ class Visualizations:
 
         ``real_k`` is the best of ``images`` (anything ``iter_batches`` accepts), when given.
         ``search_k`` is :mod:`cnnaudit.maximize.reach`'s search (pixels, no random transforms,
-        redirected ReLU throughout, four starts, every step scored), run only for the units with
+        redirected ReLU throughout, four map-wide starts and, for a channel of a spatial layer, three
+        single-position ones, every step scored; up to 7 x max(steps, 64) steps), run only for the units with
         ``max(achieved_k, real_k) <= eps``, inside ``subject.audit()``, and cached per ``eps``.
         Ties go to the later means; ``dead = not best_k > eps``.
         """
@@ -143,6 +144,8 @@ class Visualizations:
                 top = values.max(axis=0)
                 better = top > best
                 best[better], where[better] = top[better], start + values.argmax(axis=0)[better]
+        if np.isneginf(best).all():  # no image at all: every ratio is undefined (NaN), no image is a source
+            return best, ["-"] * len(self)
         ids = getattr(images, "ids", None)
         return best, [str(ids[m]) if ids is not None else str(m) for m in where]
 
