@@ -16,6 +16,8 @@ compares it with itself) and a :class:`BaselineRecordingWarning` says so, so the
 from __future__ import annotations
 
 import json
+import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,26 +205,46 @@ def read(path: Path) -> dict[str, dict]:
     return data["tests"]
 
 
-def save(path: Path, results: Iterable[tuple[str, dict | None]]) -> int:
-    """Store each ``(nodeid, evidence)``'s Scores in ``path``, keeping other tests' entries; returns the count stored.
+def check_writable(path: Path) -> None:
+    """Refuse, when the run starts, a save path that its end could not write or must not replace: a
+    file that is not a baseline, a read-only baseline (its write bit is off; ``os.replace`` would
+    replace it anyway, even for root), or a folder this process cannot write into."""
+    path = Path(path)
+    if path.is_file():
+        read(path)
+        if not path.stat().st_mode & stat.S_IWUSR:
+            raise ValueError(
+                f"baseline file {path} is read-only, and saving would replace it; make it writable "
+                f"(chmod u+w {path}) to refresh it, or pass another --cnnaudit-save-baseline path"
+            )
+    folder = next((parent for parent in path.absolute().parents if parent.exists()), None)
+    if folder is not None and not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot save the baseline to {path}: folder {folder} is not writable; choose another path")
 
-    A test that ran without Scores loses its old entry.
+
+def save(path: Path, results: Iterable[tuple[str, str, dict | None]]) -> tuple[int, int]:
+    """Store the Scores of each ``(nodeid, outcome, evidence)`` in ``path``; returns (stored, kept).
+
+    Nothing that the run did not re-measure is lost: a test without Scores (skipped, an error in a
+    fixture, a failure before its first Scores) keeps its entry, and a test that did not pass keeps
+    the stored Scores it did not reach; a passed test's entry is replaced whole. ``kept`` counts the
+    Scores in the file that this run did not write.
     """
     from cnnaudit.report import atomic_open
 
     path = Path(path)
     tests = read(path) if path.is_file() else {}
     stored = 0
-    for nodeid, evidence in results:
+    for nodeid, outcome, evidence in results:
         scores = (evidence or {}).get("scores") or []
         if not scores:
-            tests.pop(nodeid, None)
             continue
+        unreached = {} if outcome == "passed" else tests.get(nodeid, {}).get("scores", {})
         tests[nodeid] = {
             "environment": evidence["environment"],
-            "scores": {s["key"]: {k: s[k] for k in _STORED} for s in scores},
+            "scores": {**unreached, **{s["key"]: {k: s[k] for k in _STORED} for s in scores}},
         }
         stored += len(scores)
     with atomic_open(path) as handle:
         json.dump({"format": FORMAT, "version": VERSION, "tests": dict(sorted(tests.items()))}, handle, indent=1)
-    return stored
+    return stored, sum(len(entry.get("scores", {})) for entry in tests.values()) - stored

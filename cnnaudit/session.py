@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnaudit import report
-from cnnaudit.baseline import Baseline, BaselineLookup, environment_differences, read, save
+from cnnaudit.baseline import Baseline, BaselineLookup, check_writable, environment_differences, save
 from cnnaudit.environment import check_device_option, describe, device_identity, header_line, torch_device
 from cnnaudit.results import RunResults
 
@@ -107,8 +107,8 @@ class AuditSession:
     """The run's state in one process (a worker records; the controller also collects and writes)."""
 
     def __init__(self, settings: Settings, *, controller: bool, worker_id: str | None) -> None:
-        if settings.save_baseline and settings.save_baseline.is_file():
-            read(settings.save_baseline)  # refuse to overwrite a file that is not a baseline
+        if settings.save_baseline:
+            check_writable(settings.save_baseline)  # at the start, not after the whole run
         self.settings = settings
         self.controller = controller
         self.worker_id = worker_id
@@ -211,8 +211,8 @@ class AuditSession:
         """Write the final outputs (and the baseline, if asked)."""
         self.write(interrupted=interrupted, in_progress=False)
         if self.settings.save_baseline:
-            stored = save(self.settings.save_baseline, [(e["nodeid"], e["evidence"]) for e in self.results.finished])
-            self.outputs["baseline"] = (self.settings.save_baseline, stored)
+            counts = save(self.settings.save_baseline, [(e["nodeid"], e["outcome"], e["evidence"]) for e in self.results.finished])
+            self.outputs["baseline"] = (self.settings.save_baseline, *counts)
 
     def write(self, *, interrupted: bool, in_progress: bool) -> None:
         """Write the HTML and JSON reports of what finished so far."""
@@ -268,10 +268,11 @@ class AuditSession:
         if "json" in self.outputs:
             lines.append(f"cnnaudit: JSON report {self.outputs['json'][0]}")
         if "baseline" in self.outputs:
-            path, stored = self.outputs["baseline"]
+            path, stored, kept = self.outputs["baseline"]
             answered = self.answered_from_recording()
             also = f"; baseline(...) answered from this recording for {answered} Scores with no stored entry"
-            lines.append(f"cnnaudit: baseline {path} ({stored} Scores stored{also if answered else ''})")
+            old = f", {kept} kept from the file (not re-measured by this run)" if kept else ""
+            lines.append(f"cnnaudit: baseline {path} ({stored} Scores stored{old}{also if answered else ''})")
         return lines
 
     def answered_from_recording(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -478,7 +479,7 @@ def test_a_lookup_without_an_entry_answers_with_the_recording_as_the_file_would(
     assert answered.quantile(0.25) == 1.5  # linear interpolation between 1 and 2
 
     # the oracle: the same Scores saved by the recorder and read back from the file
-    save(tmp_path / "base.json", [("test_a.py::test_gate", {**recorder.finish(), "environment": environment})])
+    save(tmp_path / "base.json", [("test_a.py::test_gate", "passed", {**recorder.finish(), "environment": environment})])
     read_back = Baseline(tmp_path / "base.json").lookup("test_a.py::test_gate", "accuracy", environment=environment)
     def everything(s: StoredScores) -> tuple:
         return (s.n, s.n_undefined, s.model, s.environment, s.mean(), s.median(), s.min(), s.max(), s.ci(),
@@ -537,6 +538,57 @@ def test_saving_a_partial_run_keeps_other_tests_entries(pytester: pytest.Pyteste
     tests = load(pytester.path / "base.json")["tests"]
     assert tests["test_audit.py::test_passes"]["scores"]["mass_in(box)"]["mean"] == -1.0  # not run: kept
     assert set(tests) == {"test_audit.py::test_passes", "test_audit.py::test_fails", "test_audit.py::test_gate"}
+
+
+REFRESHED = AUDIT + """
+import os
+
+
+def test_two_scores(subject, images):
+    first = subject.gradcam(images, target="a").mass_in(BOX)
+    assert os.environ.get("BREAK") != "between", "failed before its second Scores"
+    second = subject.gradcam(images, target="b").mass_in(BOX).where([True] * 3 + [False] * 3)
+    assert second.n == 3
+
+
+@pytest.mark.skipif(os.environ.get("BREAK") == "between", reason="skipped in the refresh")
+def test_sometimes_skipped(subject, images):
+    assert subject.gradcam(images).mass_in(BOX).n == 6
+"""
+
+
+def test_refreshing_a_baseline_keeps_every_entry_the_run_did_not_re_measure(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytester.makepyfile(test_audit=REFRESHED)
+    run(pytester, "--cnnaudit-save-baseline=base.json").assert_outcomes(passed=4, failed=1)
+    before = load(pytester.path / "base.json")["tests"]
+    assert len(before["test_audit.py::test_two_scores"]["scores"]) == 3  # mass_in(box), its twin #2 and [3/6]
+    monkeypatch.setenv("BREAK", "between")
+    refresh = run(pytester, "--cnnaudit-baseline=base.json", "--cnnaudit-save-baseline=base.json")
+    refresh.assert_outcomes(passed=2, failed=2, skipped=1)
+    refresh.stdout.fnmatch_lines(["cnnaudit: baseline *base.json (3 Scores stored, 3 kept from the file (not re-measured by this run))"])
+    after = load(pytester.path / "base.json")["tests"]
+    assert after.keys() == before.keys()
+    assert after["test_audit.py::test_sometimes_skipped"] == before["test_audit.py::test_sometimes_skipped"]
+    assert after["test_audit.py::test_two_scores"]["scores"] == before["test_audit.py::test_two_scores"]["scores"]
+
+
+def test_a_read_only_or_unwritable_save_path_is_refused_before_the_run(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_a="def test_ok():\n    pass\n")
+    run(pytester, "--cnnaudit-save-baseline=base.json").assert_outcomes(passed=1)
+    saved = pytester.path / "base.json"
+    content = saved.read_text()
+    saved.chmod(0o444)
+    result = run(pytester, "--cnnaudit-save-baseline=base.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*baseline file *base.json is read-only, and saving would replace it; make it writable (chmod u+w *"])
+    assert saved.read_text() == content and not saved.stat().st_mode & 0o200
+    if os.geteuid() != 0:  # root may write into any folder
+        locked = pytester.mkdir("locked")
+        locked.chmod(0o555)
+        result = run(pytester, "--cnnaudit-save-baseline=locked/base.json")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines(["*folder *locked is not writable*"])
 
 
 def test_a_file_that_is_not_a_baseline_is_refused(pytester: pytest.Pytester) -> None:
