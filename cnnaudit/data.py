@@ -32,11 +32,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 from cnnaudit.groups import GroupColumn
 from cnnaudit.images import as_batch
@@ -264,7 +267,16 @@ class ImageSet:
         if isinstance(source, torch.Tensor):
             return source
         image = _read(source, self.ids[i])
-        self._frames[i] = self._frames[i] or tuple(image.shape[-2:])  # type: ignore[call-overload]
+        actual = (int(image.shape[-2]), int(image.shape[-1]))
+        declared = self._frames[i]
+        if declared is not None and tuple(declared) != actual:
+            where = source if isinstance(source, str) else f"image {self.ids[i]!r}"
+            raise ValueError(
+                f"{where} is {actual[0]}x{actual[1]} (H x W) but its record declares size {list(declared)}; its "
+                "regions are in the declared frame and would be rescaled silently: fix or remove \"size\" in the "
+                "annotations"
+            )
+        self._frames[i] = actual
         return image if self.size is None else _resize(image, self.size)
 
     def _original_size(self, i: int) -> Size:
@@ -304,7 +316,7 @@ def _read(source: Source, label: str) -> torch.Tensor:
         from PIL import Image
 
         with Image.open(source) as image:
-            batch = as_batch(np.array(image.convert("RGB")))
+            batch = as_batch(_pixels(image))
     else:
         try:
             batch = as_batch(source())
@@ -313,6 +325,16 @@ def _read(source: Source, label: str) -> torch.Tensor:
     if batch.shape[0] != 1:
         raise ValueError(f"image {label!r} loaded as {batch.shape[0]} images; a source must give exactly one")
     return batch[0]
+
+
+def _pixels(image: PIL.Image.Image) -> np.ndarray | torch.Tensor:
+    """An opened image as ``as_batch`` input: uint8 RGB, or float RGB in [0, 1] for 16- and 32-bit
+    grey images (``convert("RGB")`` would clip every value above 255), scaled by their bit depth."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        grey = np.asarray(image, dtype=np.float64)
+        depth = 65535.0 if image.mode.startswith("I;16") or grey.max(initial=0) <= 65535 else 2.0**32 - 1
+        return torch.from_numpy(np.repeat((grey / depth)[None], 3, axis=0)).float()
+    return np.array(image.convert("RGB"))
 
 
 def _resize(image: torch.Tensor, size: Size) -> torch.Tensor:

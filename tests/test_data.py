@@ -202,6 +202,29 @@ def test_from_folder(tmp_path):
         ImageSet.from_folder(tmp_path / "masks")
 
 
+def test_a_declared_size_that_contradicts_the_image_is_refused_when_it_is_read(tmp_path):
+    """The regions of a record are in its declared frame; a wrong "size" rescaled them silently
+    (a mass of 0.056 instead of 0.498)."""
+    _write_png(tmp_path / "a.png", 8, 12, 10)
+    records = [{"file": "a.png", "size": [16, 24], "regions": {"tools": [0, 0, 6, 4]}}]
+    (tmp_path / "annotations.json").write_text(json.dumps(records))
+    people = ImageSet.from_folder(tmp_path)
+    with pytest.raises(ValueError, match=r"a\.png is 8x12 \(H x W\) but its record declares size \[16, 24\]; .*fix or remove \"size\""):
+        people.tensor()
+    records[0]["size"] = [8, 12]
+    (tmp_path / "annotations.json").write_text(json.dumps(records))
+    assert ImageSet.from_folder(tmp_path).tensor().shape == (1, 3, 8, 12)
+
+
+def test_a_16_bit_png_is_scaled_by_its_bit_depth(tmp_path):
+    grey = (np.arange(8 * 8).reshape(8, 8) * 1000).astype(np.uint16)  # up to 63000 of 65535
+    Image.fromarray(grey).save(tmp_path / "deep.png")
+    x = ImageSet([str(tmp_path / "deep.png")]).tensor()
+    assert x.shape == (1, 3, 8, 8) and x.dtype == torch.float32
+    assert torch.allclose(x[0], torch.from_numpy(grey / 65535.0).float().expand(3, 8, 8))
+    assert (x < 1).all()  # convert("RGB") clipped every pixel above 255 to 1.0
+
+
 def test_from_coco_uses_declared_sizes_without_reading_images(tmp_path):
     coco = {
         "images": [
