@@ -29,6 +29,7 @@ Folder layout for :meth:`ImageSet.from_folder` — ``annotations.json`` next to 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -90,8 +91,13 @@ class ImageSet:
 
     # ---- loaders --------------------------------------------------------------------------
     @classmethod
-    def from_folder(cls, path: str | os.PathLike, size: Size | None = None, annotations: str = "annotations.json") -> ImageSet:
-        """Images of a folder described by its JSON annotation file (format in the module docstring)."""
+    def from_folder(cls, path: str | os.PathLike, size: Size | None = None, annotations: str = "annotations.json",
+                    *, allow_outside: bool = False) -> ImageSet:
+        """Images of a folder described by its JSON annotation file (format in the module docstring).
+
+        Image and mask paths must stay inside the folder (after ``..`` and symbolic links are
+        resolved) unless ``allow_outside=True``: annotations from elsewhere cannot make an audit read
+        any file on the machine."""
         root = Path(path)
         file = root / annotations
         if not file.is_file():
@@ -107,10 +113,15 @@ class ImageSet:
         region_names = sorted({name for r in records for name in r.get("regions", {})})
         group_names = sorted({name for r in records for name in r.get("groups", {})})
         has_labels = any("label" in r for r in records)
+        inside = functools.partial(_inside, root, file, allow_outside=allow_outside)
+
+        def region(i: int, name: str) -> Any:
+            return _resolve_masks(records[i].get("regions", {}).get(name), functools.partial(inside, what=f"a mask of image record {i}"))
+
         out = cls(
-            [str(root / r["file"]) for r in records],
+            [inside(r["file"], f"image record {i}") for i, r in enumerate(records)],
             labels=[r.get("label") for r in records] if has_labels else None,
-            regions={name: [_resolve_masks(r.get("regions", {}).get(name), root) for r in records] for name in region_names},
+            regions={name: [region(i, name) for i in range(len(records))] for name in region_names},
             groups={name: [r.get("groups", {}).get(name) for r in records] for name in group_names},
             ids=[r.get("id", Path(r["file"]).stem) for r in records],
             size=size,
@@ -125,12 +136,15 @@ class ImageSet:
         image_dir: str | os.PathLike,
         size: Size | None = None,
         groups: Sequence[str] = (),
+        *,
+        allow_outside: bool = False,
     ) -> ImageSet:
         """Images of a COCO-style detection file; each category becomes a named region.
 
         An image's region for a category is the union of its boxes of that category
         (``bbox = [x, y, w, h]`` -> ``(x, y, x + w, y + h)``), ``None`` where the category is absent.
         ``groups`` names extra fields of the image records to expose as groups. Ids are the image ids.
+        File names must stay inside ``image_dir`` unless ``allow_outside=True`` (see :meth:`from_folder`).
         """
         coco = json.loads(Path(json_path).read_text())
         images = coco["images"]
@@ -144,7 +158,8 @@ class ImageSet:
             name = names.get(annotation["category_id"], str(annotation["category_id"]))
             boxes.setdefault(name, [[] for _ in images])[position[annotation["image_id"]]].append([x, y, x + w, y + h])
         out = cls(
-            [str(Path(image_dir) / image["file_name"]) for image in images],
+            [_inside(Path(image_dir), json_path, image["file_name"], f"image id {image['id']!r}", allow_outside=allow_outside)
+             for image in images],
             regions={name: [b or None for b in per_image] for name, per_image in boxes.items()},
             groups={g: [image.get(g) for image in images] for g in groups},
             ids=[image["id"] for image in images],
@@ -377,10 +392,22 @@ def _bool_mask(mask: Any, n: int) -> np.ndarray:
     return array
 
 
-def _resolve_masks(entry: Any, root: Path) -> Any:
-    """Make ``{"mask": "relative.png"}`` paths absolute (anywhere inside a region entry)."""
+def _resolve_masks(entry: Any, resolve: Callable[[str], str]) -> Any:
+    """Replace ``{"mask": "relative.png"}`` paths by ``resolve(path)`` (anywhere inside a region entry)."""
     if isinstance(entry, dict) and isinstance(entry.get("mask"), str):
-        return {"mask": str(root / entry["mask"])}
+        return {"mask": resolve(entry["mask"])}
     if isinstance(entry, list) and any(isinstance(e, dict) for e in entry):
-        return [_resolve_masks(e, root) for e in entry]
+        return [_resolve_masks(e, resolve) for e in entry]
     return entry
+
+
+def _inside(root: Path, source: str | os.PathLike, relative: str, what: str, *, allow_outside: bool) -> str:
+    """``root / relative`` as a string; ``ValueError`` naming ``source`` and ``what`` if it resolves
+    (``..``, an absolute path, a symbolic link) to a file outside ``root`` and ``allow_outside`` is off."""
+    path = root / relative
+    if not allow_outside and not path.resolve().is_relative_to(root.resolve()):
+        raise ValueError(
+            f"{source}: {what} points outside {root}: {relative!r} resolves to {path.resolve()}; keep the data "
+            "inside the folder, or pass allow_outside=True if you trust the annotations"
+        )
+    return str(path)

@@ -225,6 +225,29 @@ def test_a_16_bit_png_is_scaled_by_its_bit_depth(tmp_path):
     assert (x < 1).all()  # convert("RGB") clipped every pixel above 255 to 1.0
 
 
+def test_paths_that_leave_the_data_folder_are_refused_unless_allowed(tmp_path):
+    data, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    data.mkdir(), elsewhere.mkdir()
+    _write_png(elsewhere / "secret.png", 4, 4, 1)
+    _write_png(data / "a.png", 4, 4, 2)
+    (data / "link.png").symlink_to(elsewhere / "secret.png")
+    escapes = {"../elsewhere/secret.png": "image record 0", str(elsewhere / "secret.png"): "image record 0",
+               "link.png": "image record 0"}
+    for path, what in escapes.items():
+        (data / "annotations.json").write_text(json.dumps([{"file": path}]))
+        with pytest.raises(ValueError, match=rf"annotations\.json: {what} points outside .*data: .* resolves to .*secret\.png; .*allow_outside=True"):
+            ImageSet.from_folder(data)
+        assert ImageSet.from_folder(data, allow_outside=True).tensor()[0, 0, 0, 0] == pytest.approx(1 / 255)
+    (data / "annotations.json").write_text(json.dumps([{"file": "a.png", "regions": {"hair": {"mask": "../elsewhere/secret.png"}}}]))
+    with pytest.raises(ValueError, match="a mask of image record 0 points outside"):
+        ImageSet.from_folder(data)
+    coco = {"images": [{"id": 3, "file_name": "../elsewhere/secret.png"}], "annotations": []}
+    (data / "coco.json").write_text(json.dumps(coco))
+    with pytest.raises(ValueError, match=r"coco\.json: image id 3 points outside"):
+        ImageSet.from_coco(data / "coco.json", data)
+    assert len(ImageSet.from_coco(data / "coco.json", data, allow_outside=True)) == 1
+
+
 def test_from_coco_uses_declared_sizes_without_reading_images(tmp_path):
     coco = {
         "images": [
