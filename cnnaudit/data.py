@@ -105,11 +105,16 @@ class ImageSet:
                 f"{file} not found; ImageSet.from_folder needs an annotation file listing the images, e.g. "
                 '{"images": [{"file": "a.jpg", "label": "cat", "regions": {"head": [x0, y0, x1, y1]}, "groups": {"site": "A"}}]}'
             )
-        records = json.loads(file.read_text())
-        records = records["images"] if isinstance(records, dict) else records
+        records = _read_json(file)
+        records = records.get("images") if isinstance(records, dict) else records
+        if not isinstance(records, list):
+            raise ValueError(f"{file}: expected a list of image records, or {{\"images\": [...]}}")
         for i, record in enumerate(records):
-            if "file" not in record:
-                raise ValueError(f"{file}: image record {i} has no 'file'")
+            if not isinstance(record, dict) or not isinstance(record.get("file"), str):
+                raise ValueError(f"{file}: image record {i} needs a \"file\" (a path relative to the folder), got {record!r:.80}")
+            if "size" in record and not (isinstance(record["size"], list) and len(record["size"]) == 2
+                                         and all(isinstance(v, int) and v > 0 for v in record["size"])):
+                raise ValueError(f"{file}: image record {i} has size {record['size']!r:.40}; expected [height, width] in pixels")
         region_names = sorted({name for r in records for name in r.get("regions", {})})
         group_names = sorted({name for r in records for name in r.get("groups", {})})
         has_labels = any("label" in r for r in records)
@@ -146,16 +151,21 @@ class ImageSet:
         ``groups`` names extra fields of the image records to expose as groups. Ids are the image ids.
         File names must stay inside ``image_dir`` unless ``allow_outside=True`` (see :meth:`from_folder`).
         """
-        coco = json.loads(Path(json_path).read_text())
-        images = coco["images"]
-        names = {c["id"]: c["name"] for c in coco.get("categories", [])}
+        coco = _read_json(Path(json_path))
+        images = coco.get("images") if isinstance(coco, dict) else None
+        if not isinstance(images, list) or not all(isinstance(i, dict) and "id" in i and isinstance(i.get("file_name"), str) for i in images):
+            raise ValueError(f"{json_path}: a COCO file needs \"images\": a list of records with \"id\" and \"file_name\"")
+        names = {c["id"]: c["name"] for c in coco.get("categories", []) if isinstance(c, dict) and "id" in c and "name" in c}
         position = {image["id"]: i for i, image in enumerate(images)}
         boxes: dict[str, list[list]] = {name: [[] for _ in images] for name in names.values()}
-        for annotation in coco.get("annotations", []):
-            if annotation["image_id"] not in position:
-                raise ValueError(f"{json_path}: an annotation refers to image id {annotation['image_id']!r}, which is not in 'images'")
-            x, y, w, h = annotation["bbox"]
-            name = names.get(annotation["category_id"], str(annotation["category_id"]))
+        for k, annotation in enumerate(coco.get("annotations", [])):
+            bbox = annotation.get("bbox") if isinstance(annotation, dict) else None
+            if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+                raise ValueError(f"{json_path}: annotation {k} needs \"bbox\": [x, y, width, height], got {bbox!r:.60}")
+            if annotation.get("image_id") not in position:
+                raise ValueError(f"{json_path}: annotation {k} refers to image id {annotation.get('image_id')!r}, which is not in 'images'")
+            x, y, w, h = bbox
+            name = names.get(annotation.get("category_id"), str(annotation.get("category_id")))
             boxes.setdefault(name, [[] for _ in images])[position[annotation["image_id"]]].append([x, y, x + w, y + h])
         out = cls(
             [_inside(Path(image_dir), json_path, image["file_name"], f"image id {image['id']!r}", allow_outside=allow_outside)
@@ -390,6 +400,14 @@ def _bool_mask(mask: Any, n: int) -> np.ndarray:
     if array.dtype != bool or array.shape != (n,):
         raise ValueError(f"where() takes a boolean mask with one value per image ({n},), got {array.dtype} {array.shape}")
     return array
+
+
+def _read_json(path: Path) -> Any:
+    """The parsed JSON of ``path``; ``ValueError`` naming the file, line and column when it is not JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}") from None
 
 
 def _resolve_masks(entry: Any, resolve: Callable[[str], str]) -> Any:

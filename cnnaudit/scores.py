@@ -138,8 +138,10 @@ class Scores:
         return float(np.max(self._require()))
 
     def std(self) -> float:
-        """Sample standard deviation (ddof=1) of the defined values."""
-        return float(np.std(self._require(), ddof=1)) if self.n_defined > 1 else math.nan
+        """Sample standard deviation (ddof=1) of the defined values; NaN for one value; raises, like every
+        statistic, when none is defined."""
+        values = self._require()
+        return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
 
     def ci(self, level: float = 0.95, seed: int = 0) -> Interval:
         """Seeded BCa bootstrap interval of the mean of the defined values."""

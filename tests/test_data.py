@@ -248,6 +248,31 @@ def test_paths_that_leave_the_data_folder_are_refused_unless_allowed(tmp_path):
     assert len(ImageSet.from_coco(data / "coco.json", data, allow_outside=True)) == 1
 
 
+def test_malformed_annotation_files_name_the_file_and_the_entry(tmp_path):
+    bad_folders = {
+        '{"images": [{"file": "a.png",}]}': r"annotations\.json is not valid JSON: .* at line 1, column",
+        '{"images": {"file": "a.png"}}': r"annotations\.json: expected a list of image records",
+        '[{"file": "a.png"}, {"label": "cat"}]': r"annotations\.json: image record 1 needs a \"file\"",
+        '[{"file": "a.png", "size": 64}]': r"annotations\.json: image record 0 has size 64; expected \[height, width\]",
+    }
+    for text, message in bad_folders.items():
+        (tmp_path / "annotations.json").write_text(text)
+        with pytest.raises(ValueError, match=message):
+            ImageSet.from_folder(tmp_path)
+    image = {"id": 1, "file_name": "a.png"}
+    bad_coco = {
+        "{": r"coco\.json is not valid JSON",
+        json.dumps({"images": [{"id": 1}]}): r"coco\.json: a COCO file needs \"images\"",
+        json.dumps({"images": [image], "annotations": [{"image_id": 1, "category_id": 1}]}): r"annotation 0 needs \"bbox\"",
+        json.dumps({"images": [image], "annotations": [{"image_id": 1, "bbox": 5}]}): r"annotation 0 needs \"bbox\": .*got 5",
+        json.dumps({"images": [image], "annotations": [{"image_id": 2, "bbox": [0, 0, 1, 1]}]}): r"annotation 0 refers to image id 2",
+    }
+    for text, message in bad_coco.items():
+        (tmp_path / "coco.json").write_text(text)
+        with pytest.raises(ValueError, match=message):
+            ImageSet.from_coco(tmp_path / "coco.json", tmp_path)
+
+
 def test_from_coco_uses_declared_sizes_without_reading_images(tmp_path):
     coco = {
         "images": [

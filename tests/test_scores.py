@@ -27,11 +27,12 @@ def test_undefined_values_are_counted_and_left_out():
 
 def test_all_undefined_raises_instead_of_passing_silently():
     scores = Scores([NAN, NAN, NAN], "mass_in(face)")
-    for statistic in (scores.mean, scores.median, scores.min, scores.max, scores.ci, lambda: scores.quantile(0.1)):
+    for statistic in (scores.mean, scores.median, scores.min, scores.max, scores.std, scores.ci, lambda: scores.quantile(0.1)):
         with pytest.raises(UndefinedScoresError, match=r"mass_in\(face\): all 3 values are undefined"):
             statistic()
     with pytest.raises(UndefinedScoresError, match="there are no values"):
         Scores([], "empty").mean()
+    assert math.isnan(Scores([0.5, NAN], "one").std())  # one value has no sample deviation
     assert repr(scores) == "Scores('mass_in(face)', n=3, undefined=3, no defined values)"
     with pytest.raises(TypeError, match="ambiguous"):
         assert scores
