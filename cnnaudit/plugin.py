@@ -70,7 +70,15 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    session.config.stash[_SESSION].order = {item.nodeid: i for i, item in enumerate(session.items)}
+    audit = session.config.stash[_SESSION]
+    audit.order = {item.nodeid: i for i, item in enumerate(session.items)}
+    if audit.controller and not _runs_on_workers(session.config):
+        audit.results.collected = len(session.items)
+
+
+def _runs_on_workers(config: pytest.Config) -> bool:
+    """Whether xdist distributes this run (the controller then collects nothing itself)."""
+    return bool(getattr(config.option, "dist", "no") != "no" and getattr(config.option, "numprocesses", None))
 
 
 @contextlib.contextmanager
@@ -143,8 +151,13 @@ class _Collector:
         if report.failed:
             self.session.add_collect_error(report)
 
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        """xdist: every worker collects the same tests; their number is what the run must report."""
+        self.session.results.collected = len(ids)
+
     def pytest_sessionfinish(self, exitstatus: int) -> None:
-        self.session.finish(interrupted=exitstatus == pytest.ExitCode.INTERRUPTED)
+        self.session.finish(int(exitstatus))
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

@@ -4,6 +4,10 @@ Each test's setup, call and teardown reports are folded into one entry (outcome,
 duration, and the evidence the recorder attached to the report). The controller sees the same
 reports whether the tests ran here or on xdist workers, so both give the same entries. Entries are
 ordered failures first, then by collection order.
+
+A run is *complete* when every collected test reported its teardown and pytest ended normally; the
+verdict of anything else is ``incomplete`` (unless a failure already makes it ``fail``), so an output
+never says ``pass`` for a run that stopped early, lost a crashed xdist worker, or is still going.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ OUTCOMES = ("failed", "error", "xpassed", "xfailed", "passed", "skipped")
 """Outcomes from most to least alarming: the report's order and the precedence when phases disagree."""
 
 _PRECEDENCE = ("failed", "error", "xpassed", "xfailed", "skipped", "passed")
+_PHASES = ("setup", "call", "teardown")
 DETAILS_LIMIT = 20_000
 _XDIST_WORKER_LINE = re.compile(r"\A\[gw\d+\] [^\n]*\n\n?")
 
@@ -26,9 +31,11 @@ class RunResults:
     def __init__(self) -> None:
         self._open: dict[str, dict] = {}
         self.finished: list[dict] = []
+        self.collected: int | None = None  #: tests collected to run (after deselection); None: not known
 
     def add(self, report: Any) -> dict | None:
-        """Fold a phase report into its test's entry; return the entry once its teardown arrived."""
+        """Fold a phase report into its test's entry; return the entry once its teardown arrived, or at
+        once for a report of no phase (xdist's report of a test whose worker crashed: a failure)."""
         entry = self._open.setdefault(report.nodeid, _new_entry(report.nodeid))
         entry["duration"] += float(getattr(report, "duration", 0.0))
         evidence = getattr(report, "cnnaudit", None)
@@ -41,11 +48,20 @@ class RunResults:
                 entry["message"] = phase_message(report)
             if report.failed or outcome == "xfailed":
                 entry["details"] = _join(entry["details"], _details(report))
-        if report.when != "teardown":
+        if report.when not in _PHASES and report.failed:
+            entry["outcome"], entry["phase"], entry["message"] = "failed", "crash", phase_message(report)
+            entry["details"] = _join(entry["details"], _details(report))
+        elif report.when != "teardown":
             return None
         del self._open[report.nodeid]
         self.finished.append(entry)
         return entry
+
+    def complete(self) -> bool:
+        """Every collected test reported (teardown or crash) and no test is left open (a test the run
+        stopped during is not an entry: it neither passed nor failed)."""
+        reported = sum(1 for e in self.finished if e["phase"] != "collect")
+        return not self._open and (self.collected is None or reported >= self.collected)
 
     def add_collect_error(self, report: Any) -> None:
         """Record a file or class that failed to collect as an ``error`` entry."""
@@ -64,13 +80,14 @@ class RunResults:
         counted = Counter(e["outcome"] for e in self.finished)
         return {outcome: counted.get(outcome, 0) for outcome in OUTCOMES}
 
-    def verdict(self, interrupted: bool) -> str:
-        """``fail`` if any test failed or errored, else ``interrupted``, ``no tests`` or ``pass``."""
+    def verdict(self, finished: bool) -> str:
+        """``fail`` if any test failed or errored; else ``incomplete`` unless the run ``finished`` and is
+        :meth:`complete`; else ``pass``, or ``no tests``."""
         counts = self.counts()
         if counts["failed"] or counts["error"]:
             return "fail"
-        if interrupted:
-            return "interrupted"
+        if not (finished and self.complete()):
+            return "incomplete"
         return "pass" if self.finished else "no tests"
 
     def models(self) -> list[dict]:

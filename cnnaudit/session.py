@@ -207,8 +207,10 @@ class AuditSession:
         has_outputs = self.settings.report or self.settings.json
         return bool(has_outputs) and time.monotonic() - self._last_write >= max(CHECKPOINT_SECONDS, 10 * self._write_cost)
 
-    def finish(self, interrupted: bool) -> None:
-        """Write the final outputs (and the baseline, if asked)."""
+    def finish(self, exitstatus: int) -> None:
+        """Write the final outputs (and the baseline, if asked). A run that pytest did not end normally
+        (``exitstatus`` other than tests passed, failed or none collected) is written as interrupted."""
+        interrupted = exitstatus not in (0, 1, 5)  # pytest.ExitCode OK, TESTS_FAILED, NO_TESTS_COLLECTED
         self.write(interrupted=interrupted, in_progress=False)
         if self.settings.save_baseline:
             counts = save(self.settings.save_baseline, [(e["nodeid"], e["outcome"], e["evidence"]) for e in self.results.finished])

@@ -303,8 +303,27 @@ def test_an_interrupted_run_leaves_a_report_of_what_finished(pytester: pytest.Py
     assert result.ret == pytest.ExitCode.INTERRUPTED
     doc = load(pytester.path / "r.json")
     assert [t["nodeid"].split("::")[-1] for t in doc["tests"]] == ["test_one"]
-    assert (doc["verdict"], doc["interrupted"]) == ("interrupted", True)
-    assert "The run was interrupted" in (pytester.path / "r.html").read_text()
+    assert (doc["verdict"], doc["interrupted"], doc["collected"], doc["reported"]) == ("incomplete", True, 3, 1)
+    assert "The run did not finish (it was interrupted): 1 of 3 collected tests reported" in (pytester.path / "r.html").read_text()
+
+
+def test_pytest_exit_in_the_middle_leaves_an_incomplete_verdict(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_run=RUN_OF_THREE.format(second="pytest.exit('stop here')"))
+    result = run(pytester, "--cnnaudit-json=r.json", "--cnnaudit-report=r.html")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    doc = load(pytester.path / "r.json")
+    assert (doc["verdict"], doc["interrupted"], doc["collected"]) == ("incomplete", True, 3)
+    assert 'data-verdict="incomplete"' in (pytester.path / "r.html").read_text()
+
+
+def test_a_crashed_xdist_worker_is_a_failure_in_every_output(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_run="import os\n\ndef test_ok():\n    pass\n\ndef test_crash():\n    os._exit(1)\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "--cnnaudit-json=r.json", "--cnnaudit-report=r.html")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    doc = load(pytester.path / "r.json")
+    outcomes = {t["nodeid"].split("::")[-1]: (t["outcome"], t["phase"]) for t in doc["tests"]}
+    assert outcomes["test_crash"] == ("failed", "crash") and outcomes["test_ok"][0] == "passed"
+    assert (doc["verdict"], doc["collected"], doc["reported"]) == ("fail", 2, 2)
 
 
 def test_a_killed_run_leaves_the_last_checkpoint(pytester: pytest.Pytester) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import json
 import re
 from pathlib import Path
@@ -50,7 +52,7 @@ def test_phases_fold_into_one_outcome_per_test() -> None:
     assert (xfailed["outcome"], xfailed["message"]) == ("xfailed", "xfail: known shortcut — AssertionError: biased")
     assert run_test(results, "t::xp", "passed", wasxfail="")["outcome"] == "xpassed"
     assert results.counts() == {"failed": 2, "error": 1, "xpassed": 1, "xfailed": 1, "passed": 1, "skipped": 1}
-    assert results.verdict(interrupted=False) == "fail"
+    assert results.verdict(finished=True) == "fail"
 
 
 def test_entries_put_failures_first_then_collection_order() -> None:
@@ -61,14 +63,32 @@ def test_entries_put_failures_first_then_collection_order() -> None:
     run_test(results, "t::a", "passed", evidence={**empty, "index": 1})
     run_test(results, "t::d", "skipped", longrepr="x", wasxfail="r", evidence={**empty, "index": 0})
     assert [e["nodeid"] for e in results.entries()] == ["t::b", "t::d", "t::a", "t::c"]
-    assert results.verdict(interrupted=True) == "fail"
+    assert results.verdict(finished=False) == "fail"
 
 
 def test_verdicts_without_failures() -> None:
     results = RunResults()
-    assert results.verdict(interrupted=False) == "no tests"
+    assert results.verdict(finished=True) == "no tests"
     run_test(results, "t::ok", "passed")
-    assert results.verdict(interrupted=False) == "pass" and results.verdict(interrupted=True) == "interrupted"
+    assert results.verdict(finished=True) == "pass" and results.verdict(finished=False) == "incomplete"
+
+
+def test_a_run_that_reported_fewer_tests_than_it_collected_is_incomplete() -> None:
+    results = RunResults()
+    results.collected = 2
+    run_test(results, "t::ok", "passed")
+    assert not results.complete() and results.verdict(finished=True) == "incomplete"
+    run_test(results, "t::also", "passed")
+    assert results.complete() and results.verdict(finished=True) == "pass"
+
+
+def test_a_test_the_run_stopped_during_leaves_it_incomplete() -> None:
+    results = RunResults()
+    run_test(results, "t::ok", "passed")
+    results.add(SimpleNamespace(nodeid="t::stuck", when="setup", outcome="passed", passed=True, failed=False,
+                                skipped=False, duration=0.1, longrepr=None))
+    assert not results.complete() and [e["nodeid"] for e in results.finished] == ["t::ok"]
+    assert results.verdict(finished=True) == "incomplete"
 
 
 def test_models_and_seeds_are_merged_over_tests() -> None:

@@ -111,14 +111,19 @@ def histogram_figure(summary: dict, width: int = HISTOGRAM_WIDTH, height: int = 
 
 def document(results: Any, *, environment: dict, interrupted: bool, in_progress: bool, image_dir: str | None,
              baseline: dict | None, started: float, finished: float) -> dict:
-    """The run as one JSON-able document (what ``--cnnaudit-json`` writes and the HTML shows)."""
+    """The run as one JSON-able document (what ``--cnnaudit-json`` writes and the HTML shows).
+
+    ``interrupted``: pytest did not end normally (Ctrl-C, ``pytest.exit``, an internal error); the
+    verdict is then ``fail`` or ``incomplete``, as it is while ``in_progress``."""
     entries = results.entries()
     return {
         "format": FORMAT,
         "version": VERSION,
-        "verdict": results.verdict(interrupted),
+        "verdict": results.verdict(finished=not (interrupted or in_progress)),
         "interrupted": interrupted,
         "in_progress": in_progress,
+        "collected": results.collected,
+        "reported": sum(1 for e in entries if e["phase"] != "collect"),
         "counts": results.counts(),
         "environment": environment,
         "models": results.models(),
