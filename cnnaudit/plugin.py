@@ -6,6 +6,9 @@ Registered through the ``pytest11`` entry point. Importing it imports neither to
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+import threading
 from typing import Any, Iterator
 
 import pytest
@@ -139,10 +142,26 @@ def pytest_assertrepr_compare(config: pytest.Config, op: str, left: Any, right: 
 
 
 class _Collector:
-    """Registered on the controller when recording is on: folds reports in and writes the outputs."""
+    """Registered on the controller when recording is on: folds reports in and writes the outputs.
+
+    On SIGTERM (a CI job cancelled, a container stopped) it writes a checkpoint of what finished, then
+    lets the signal end the process as before: the last checkpoint may otherwise be 30 s old."""
 
     def __init__(self, session: AuditSession) -> None:
         self.session = session
+        self._previous_sigterm: Any = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, self._previous_sigterm)
+        with contextlib.suppress(Exception):  # dying anyway: a failed write must not hide the signal
+            self.session.write(interrupted=True, in_progress=True)
+        os.kill(os.getpid(), signum)
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.session.add_report(report)

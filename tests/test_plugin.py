@@ -307,6 +307,15 @@ def test_an_interrupted_run_leaves_a_report_of_what_finished(pytester: pytest.Py
     assert "The run did not finish (it was interrupted): 1 of 3 collected tests reported" in (pytester.path / "r.html").read_text()
 
 
+def test_sigterm_writes_a_checkpoint_of_what_finished_before_the_process_ends(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_run=RUN_OF_THREE.format(second="import os, signal; os.kill(os.getpid(), signal.SIGTERM)"))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--cnnaudit-json=r.json", "--cnnaudit-report=r.html")
+    assert result.ret == -15  # still ended by the signal
+    doc = load(pytester.path / "r.json")  # no 30-s checkpoint was due: this one was written on SIGTERM
+    assert [t["nodeid"].split("::")[-1] for t in doc["tests"]] == ["test_one"]
+    assert (doc["verdict"], doc["interrupted"], doc["in_progress"]) == ("incomplete", True, True)
+
+
 def test_pytest_exit_in_the_middle_leaves_an_incomplete_verdict(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_run=RUN_OF_THREE.format(second="pytest.exit('stop here')"))
     result = run(pytester, "--cnnaudit-json=r.json", "--cnnaudit-report=r.html")
