@@ -11,11 +11,13 @@ are never changed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import pickle
 import re
 from os import PathLike
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -86,26 +88,64 @@ def normalize(mean: Sequence[float], std: Sequence[float]) -> Normalize:
 def load_weights(path: str | PathLike[str], key: str | None = None) -> dict[str, torch.Tensor]:
     """A state dict from ``path`` loaded with ``torch.load(weights_only=True)``: never unpickles code.
 
-    ``key`` picks a nested entry of a training checkpoint (e.g. ``key="state_dict"``).
+    ``key`` picks a nested entry of a training checkpoint: ``key="state_dict"``, or a dotted path
+    such as ``key="model.state_dict"``. An empty, truncated or foreign file is a ``ValueError`` that
+    says so, as is a file holding pickled objects besides tensors.
     """
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        if "Unsupported global" not in str(error):
+            detail = str(error).split("WeightsUnpickler error:", 1)[-1].strip().splitlines()
+            raise ValueError(f"{path} is not a torch checkpoint: its bytes do not unpickle "
+                             f"({detail[0] if detail else 'unreadable'}); pass a file written by torch.save") from None
         raise ValueError(
             f"{path} holds pickled Python objects, not only tensors, so it was not loaded (weights_only=True never "
             "runs code from a file). Save the weights alone: torch.save(model.state_dict(), path). "
             f"torch said: {_unpickling_reason(str(error))}"
         ) from error
+    except (EOFError, RuntimeError, OSError) as error:
+        if isinstance(error, OSError) and error.errno != errno.EINVAL:
+            raise  # a missing or unreadable file says so itself
+        what = "it is empty" if Path(path).stat().st_size == 0 else "it is truncated or was not written by torch.save"
+        reason = _ANSI_CODE.sub("", str(error)).strip().splitlines()
+        raise ValueError(f"{path} cannot be loaded: {what} ({reason[0].split('. ')[0] if reason else type(error).__name__}); "
+                         "save the weights again with torch.save(model.state_dict(), path)") from None
     if key is not None:
-        if not isinstance(loaded, dict) or key not in loaded:
-            keys = sorted(loaded) if isinstance(loaded, dict) else []
-            raise ValueError(f"{path} has no entry {key!r}; its top-level keys are {keys}")
-        loaded = loaded[key]
+        loaded = _entry(loaded, key, path)
     if not isinstance(loaded, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()):
-        nested = [k for k, v in loaded.items() if isinstance(v, dict)] if isinstance(loaded, dict) else []
-        hint = f"; it looks like a checkpoint, pick the weights with load_weights(path, key={nested[0]!r})" if nested else ""
+        found = _state_dict_path(loaded)
+        hint = f"; it looks like a checkpoint, pick the weights with load_weights(path, key={found!r})" if found else ""
         raise ValueError(f"{path} holds a {type(loaded).__name__}, not a state dict of name -> tensor{hint}")
     return loaded
+
+
+def _entry(loaded: Any, key: str, path: str | PathLike[str]) -> Any:
+    """``loaded[key]``, else the entry at the dotted path ``key``; ``ValueError`` listing the keys where it stops."""
+    if isinstance(loaded, dict) and key in loaded:
+        return loaded[key]
+    here: Any = loaded
+    for depth, part in enumerate(key.split(".")):
+        if not isinstance(here, dict) or part not in here:
+            where = "at the top level" if depth == 0 else f"under {'.'.join(key.split('.')[:depth])!r}"
+            keys = sorted(map(str, here)) if isinstance(here, dict) else []
+            raise ValueError(f"{path} has no entry {key!r}: no {part!r} {where}, whose keys are {keys}")
+        here = here[part]
+    return here
+
+
+def _state_dict_path(value: Any, prefix: str = "", depth: int = 3) -> str | None:
+    """The dotted path of the first nested name -> tensor dict inside ``value`` (up to ``depth`` levels), if any."""
+    if not isinstance(value, dict) or depth == 0:
+        return None
+    for name, inner in value.items():
+        path = f"{prefix}{name}"
+        if isinstance(inner, dict) and inner and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in inner.items()):
+            return path
+        found = _state_dict_path(inner, f"{path}.", depth - 1)
+        if found:
+            return found
+    return None
 
 
 def _unpickling_reason(message: str) -> str:

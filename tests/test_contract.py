@@ -394,6 +394,27 @@ def test_load_weights_refuses_pickled_objects(tmp_path, net):
     assert _UNPICKLED == ["ran"]
 
 
+def test_load_weights_says_what_is_wrong_with_a_file_and_follows_dotted_keys(tmp_path, net):
+    state = net.state_dict()
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": {"state_dict": state}, "epoch": 3}, path)
+    loaded = ca.load_weights(path, key="model.state_dict")
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], v) for k, v in state.items())
+    with pytest.raises(ValueError, match=r"pick the weights with load_weights\(path, key='model\.state_dict'\)"):
+        ca.load_weights(path)
+    with pytest.raises(ValueError, match=r"has no entry 'model\.weights': no 'weights' under 'model', whose keys are \['state_dict'\]"):
+        ca.load_weights(path, key="model.weights")
+    data = path.read_bytes()
+    for name, content, message in (("empty.pt", b"", "it is empty"),
+                                   ("half.pt", data[: len(data) // 2], "it is truncated or was not written by torch.save"),
+                                   ("noise.pt", bytes(range(256)) * 2, "is not a torch checkpoint: its bytes do not unpickle")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=message):
+            ca.load_weights(tmp_path / name)
+    with pytest.raises(FileNotFoundError):
+        ca.load_weights(tmp_path / "missing.pt")
+
+
 def test_normalize_is_a_preprocess_callable():
     preprocess = ca.normalize(mean=[0.1, 0.2, 0.3], std=[0.5, 0.25, 0.125])
     x = torch.rand(2, 3, 4, 4)
