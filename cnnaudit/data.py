@@ -67,6 +67,9 @@ class ImageSet:
         ids: Sequence[Any] | None = None,
         size: Size | None = None,
     ) -> None:
+        if size is not None and not (isinstance(size, (tuple, list)) and len(size) == 2
+                                     and all(isinstance(v, (int, np.integer)) and v > 0 for v in size)):
+            raise ValueError(f"ImageSet(size={size!r}): size is the (H, W) to resize every image to, two positive integers")
         self.size: Size | None = None if size is None else (int(size[0]), int(size[1]))
         self._sources, self._frames = _sources(images, self.size)
         n = len(self._sources)

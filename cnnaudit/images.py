@@ -49,11 +49,19 @@ def as_batch(images: Any, *, keep_device: bool = False, check_range: bool = True
             parts = [p.cpu() for p in parts]
         return torch.cat(parts)
     if isinstance(images, np.ndarray):
-        return _from_numpy(images, check_range)
+        return _with_pixels(_from_numpy(images, check_range))
     if isinstance(images, torch.Tensor):
         tensor = images if keep_device else images.cpu()
-        return _from_tensor(tensor, check_range)
+        return _with_pixels(_from_tensor(tensor, check_range))
     raise ValueError(f"got {type(images).__name__}; {_EXPECTED}")
+
+
+def _with_pixels(batch: torch.Tensor) -> torch.Tensor:
+    """``batch``, unless its images have no pixels (a ``(N,3,0,W)`` tensor): ``ValueError``."""
+    if batch.shape[-2] == 0 or batch.shape[-1] == 0:
+        raise ValueError(f"got images of {batch.shape[-2]}x{batch.shape[-1]} pixels (shape {tuple(batch.shape)}); "
+                         f"an image needs at least one pixel; {_EXPECTED}")
+    return batch
 
 
 def _from_numpy(array: np.ndarray, check_range: bool) -> torch.Tensor:

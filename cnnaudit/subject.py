@@ -301,6 +301,8 @@ class Subject:
         from cnnaudit.data import ImageSet
 
         images = images if isinstance(images, ImageSet) else as_batch(images)
+        if len(images) == 0:
+            raise ValueError("predict() got no images (an empty batch or selection); pass at least one image")
         with self.audit(), torch.no_grad():
             return torch.cat([self.logits(batch.to(self.device)) for _, batch in self._batches(images)])
 

@@ -415,6 +415,15 @@ def test_load_weights_says_what_is_wrong_with_a_file_and_follows_dotted_keys(tmp
         ca.load_weights(tmp_path / "missing.pt")
 
 
+def test_predict_of_no_images_or_of_images_without_pixels_is_a_clear_error(net):
+    subject = ca.Subject(net, device="cpu")
+    for images, message in ((torch.rand(0, 3, 8, 8), "predict\\(\\) got no images"),
+                            (ca.ImageSet(torch.rand(2, 3, 8, 8)).where([False, False]), "predict\\(\\) got no images"),
+                            (torch.rand(4, 3, 0, 0), "got images of 0x0 pixels .* an image needs at least one pixel")):
+        with pytest.raises(ValueError, match=message):
+            subject.predict(images)
+
+
 def test_normalize_is_a_preprocess_callable():
     preprocess = ca.normalize(mean=[0.1, 0.2, 0.3], std=[0.5, 0.25, 0.125])
     x = torch.rand(2, 3, 4, 4)

@@ -297,3 +297,10 @@ def test_from_coco_uses_declared_sizes_without_reading_images(tmp_path):
     assert face.clipped == 1 and face.masks()[1].int().tolist() == [[0, 0, 0, 0], [0, 0, 1, 1]]
     with pytest.raises(FileNotFoundError):
         people.tensor()
+
+
+def test_imageset_size_must_be_two_positive_integers():
+    for size in [(32,), (0, 4), "ab", (8.5, 8)]:
+        with pytest.raises(ValueError, match=r"ImageSet\(size=.*\): size is the \(H, W\) to resize every image to"):
+            ImageSet(torch.rand(2, 3, 8, 8), size=size)
+    assert ImageSet(torch.rand(2, 3, 8, 8), size=[4, 6]).tensor().shape == (2, 3, 4, 6)
