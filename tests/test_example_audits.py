@@ -128,3 +128,13 @@ def test_recording_the_baseline_reproduces_the_committed_one(tmp_path: Path) -> 
             assert again["model"] == summary["model"] and again["n"] == summary["n"], (nodeid, key)
             for field in ("mean", "median", "min", "max"):
                 assert again[field] == pytest.approx(summary[field], abs=SAME_FIGURES), (nodeid, key, field)
+
+
+def test_the_per_seed_table_uses_the_thresholds_the_audits_assert() -> None:
+    """Each threshold of the table's figures appears in the example audits (change both together)."""
+    from cnnaudit.demo.robustness import FIGURES
+
+    source = "\n".join(path.read_text() for path in sorted((ROOT / "example_audits").glob("test_*.py")))
+    for figure in FIGURES:
+        literal = f"{abs(figure.threshold):g}" if figure.threshold else "== []"
+        assert literal in source, (figure.name, literal)
