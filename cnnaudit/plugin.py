@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import pytest
 
 from cnnaudit import evidence as _evidence
-from cnnaudit.session import AuditSession, Settings, pick, prepare_image_dir, settings_from
+from cnnaudit.session import AuditSession, Settings, pick, settings_from
 
 _OPTIONS = {
     "report": ("PATH", "write the HTML report with the evidence behind every verdict to PATH"),
@@ -53,8 +53,8 @@ def pytest_configure(config: pytest.Config) -> None:
             if any(config.getoption(name, False) for name in _NOT_RUNNING):
                 settings = Settings(device=settings.device)
         session = AuditSession(settings, controller=workerinput is None, worker_id=(workerinput or {}).get("workerid"))
-        if session.controller and settings.recording and settings.image_dir:
-            prepare_image_dir(settings.image_dir)
+        if session.controller:
+            session.claim_image_folder()
     except ValueError as error:
         raise pytest.UsageError(f"cnnaudit: {error}") from None
     config.stash[_SESSION] = session
@@ -162,6 +162,7 @@ class _Collector:
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         if self._previous_sigterm is not None:
             signal.signal(signal.SIGTERM, self._previous_sigterm)
+        self.session.release_image_folder()
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.session.add_report(report)

@@ -10,7 +10,10 @@ Shapes:
   ``[y0:y1, x0:x1]``;
 * polygon ``[(x, y), ...]`` (at least three vertices), rasterised with ``skimage.draw.polygon``;
 * mask — boolean ``(h, w)`` covering the whole frame at its own resolution (or a file whose
-  non-zero pixels are the region, read only when rasterised).
+  non-zero pixels are the region, read only when rasterised). Its shape must have the frame's
+  aspect ratio (within a pixel: ``|h * W / H - w| <= 1``), so a lower-resolution segmentation is
+  fine; a mask of another aspect (cropped, padded, transposed, of another image) is refused with
+  ``ValueError`` unless ``Regions(..., stretch_masks=True)`` asks for it to be stretched.
 
 An image's entry is ``None`` (no region: metrics give NaN), one shape, or a list of shapes (their
 union). Several named regions per image are several ``Regions`` (see ``ImageSet.region``).
@@ -88,6 +91,8 @@ class Mask:
     """Boolean mask covering the whole frame; ``source`` is an array or an image file (non-zero = inside)."""
 
     source: Union[np.ndarray, str]
+    frame: Size | None = None
+    """The image frame the mask must match in aspect ratio (``None``: stretch to any frame)."""
 
     def scaled(self, sy: float, sx: float) -> Mask:
         return self
@@ -98,7 +103,10 @@ class Mask:
         from PIL import Image
 
         with Image.open(self.source) as image:
-            return np.asarray(image.convert("L")) > 0
+            mask = np.asarray(image.convert("L")) > 0
+        if self.frame is not None and not same_aspect(mask.shape, self.frame):
+            raise ValueError(f"mask file {self.source}: {_aspect_problem(mask.shape, self.frame)}")
+        return mask
 
     def rasterise(self, frame: Size, size: Size) -> np.ndarray:
         mask = self.array()
@@ -129,9 +137,12 @@ class Regions:
     list of these (union) — or a boolean ``(N, H, W)`` array/tensor (one mask per image).
     ``image_size``: the frame ``(H, W)`` shared by all images, or one per image; it may be left out
     only when every entry is a mask array (the frame is then the mask's shape).
+    ``stretch_masks``: accept masks whose aspect ratio differs from their image's (see the module
+    docstring); by default they are an error.
     """
 
-    def __init__(self, entries: Any, image_size: Size | Sequence[Size] | None = None, name: str = "region") -> None:
+    def __init__(self, entries: Any, image_size: Size | Sequence[Size] | None = None, name: str = "region", *,
+                 stretch_masks: bool = False) -> None:
         if isinstance(entries, torch.Tensor):
             entries = entries.detach().cpu().numpy()
         if isinstance(entries, np.ndarray):
@@ -150,6 +161,8 @@ class Regions:
                 continue
             kept = []
             for shape in shapes:
+                if isinstance(shape, Mask) and not stretch_masks:
+                    shape = _checked_mask(shape, frame, f"region {name!r} of image {i}")
                 shape, was_clipped = _clip(shape, frame)
                 clipped[i] += was_clipped
                 kept.append(shape)
@@ -315,6 +328,28 @@ def _box(values: Sequence[float]) -> Box:
     if x1 < x0 or y1 < y0:
         raise ValueError(f"box (x0, y0, x1, y1) = {tuple(values)} is inverted; boxes need x0 <= x1 and y0 <= y1")
     return Box(x0, y0, x1, y1)
+
+
+def same_aspect(shape: Sequence[int], frame: Size) -> bool:
+    """Whether an ``(h, w)`` mask has the aspect ratio of an ``(H, W)`` frame, within a pixel: ``|h * W / H - w| <= 1``."""
+    return abs(shape[0] * frame[1] / frame[0] - shape[1]) <= 1.0
+
+
+def _aspect_problem(shape: Sequence[int], frame: Size) -> str:
+    return (
+        f"the mask is {shape[0]}x{shape[1]} (HxW) but its image is {frame[0]}x{frame[1]}, another aspect ratio, so it "
+        "cannot cover the same picture (cropped, padded, transposed or of another image?); save the mask at the "
+        "image's size, or pass Regions(..., stretch_masks=True) to stretch it over the image"
+    )
+
+
+def _checked_mask(mask: Mask, frame: Size, where: str) -> Mask:
+    """``mask`` bound to ``frame``: an array is checked now, a file when it is read."""
+    if isinstance(mask.source, np.ndarray):
+        if not same_aspect(mask.source.shape, frame):
+            raise ValueError(f"{where}: {_aspect_problem(mask.source.shape, frame)}")
+        return mask
+    return Mask(mask.source, frame)
 
 
 def _frames(parsed: list, image_size: Any, name: str) -> list[Size]:

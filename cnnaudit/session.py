@@ -12,21 +12,19 @@ On the controller (the only process without xdist) the session folds test report
 
 from __future__ import annotations
 
-import shutil
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from cnnaudit import report
 from cnnaudit.baseline import Baseline, BaselineLookup, check_writable, environment_differences, save
 from cnnaudit.environment import check_device_option, describe, device_identity, header_line, torch_device
+from cnnaudit.report.folder import ReportFolder
 from cnnaudit.results import RunResults
 
 CHECKPOINT_SECONDS = 30.0
 """Least time between two checkpoint writes; also at most 10% of the run goes to checkpoints."""
-
-_MARKER = ".cnnaudit-images"
 
 
 @dataclass(frozen=True)
@@ -39,6 +37,8 @@ class Settings:
     baseline: Path | None = None
     save_baseline: Path | None = None
     junit: bool = False
+    run_images: Path | None = None
+    """This run's own image folder inside :attr:`image_dir` (set once the controller claimed it)."""
 
     def to_plain(self) -> dict[str, Any]:
         """The settings as strings (for xdist's ``workerinput``)."""
@@ -57,7 +57,7 @@ class Settings:
 
     @property
     def image_dir(self) -> Path | None:
-        """Where evidence images go: ``<report>_files`` next to the HTML (else the JSON) report."""
+        """The report's image folder: ``<report>_files`` next to the HTML (else the JSON) report."""
         anchor = self.report or self.json
         return anchor.with_name(anchor.stem + "_files") if anchor else None
 
@@ -90,19 +90,6 @@ def settings_from(values: dict[str, tuple[str | None, Path]], junit: bool) -> Se
     )
 
 
-def prepare_image_dir(directory: Path) -> None:
-    """Empty ``directory`` of a previous run's images (only if cnnaudit made it) and create it."""
-    if directory.exists():
-        if not (directory / _MARKER).exists() and any(directory.iterdir()):
-            raise ValueError(
-                f"{directory} exists and was not made by cnnaudit; the report keeps its images there — "
-                "move it away or choose another report path"
-            )
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True)
-    (directory / _MARKER).write_text("images of a cnnaudit report; emptied at the start of each run\n")
-
-
 class AuditSession:
     """The run's state in one process (a worker records; the controller also collects and writes)."""
 
@@ -123,6 +110,20 @@ class AuditSession:
         self._environment: dict | None = None
         self._last_write = float("-inf")
         self._write_cost = 0.0
+        self._folder: ReportFolder | None = None
+
+    def claim_image_folder(self) -> None:
+        """Controller: lock the report's image folder and make this run's own folder in it
+        (``ValueError`` when another run holds it or cnnaudit did not make it)."""
+        if self.settings.image_dir is None or not self.settings.recording:
+            return
+        self._folder = ReportFolder(self.settings.image_dir)
+        self.settings = replace(self.settings, run_images=self._folder.claim())
+
+    def release_image_folder(self) -> None:
+        """Controller, at the end: let other runs use the image folder."""
+        if self._folder is not None:
+            self._folder.release()
 
     # ---- devices -------------------------------------------------------------------------------------
     def torch_device(self) -> Any:
@@ -162,7 +163,7 @@ class AuditSession:
 
         if not self.settings.recording:
             return None
-        return EvidenceRecorder(nodeid, self.settings.image_dir, index=self.order.get(nodeid, -1), device=self.device)
+        return EvidenceRecorder(nodeid, self.settings.run_images, index=self.order.get(nodeid, -1), device=self.device)
 
     def finish_test(self, recorder: Any) -> dict:
         """The recorder's evidence, with the baseline entries of its Scores and, as ``baseline_recorded``,
@@ -227,7 +228,7 @@ class AuditSession:
             environment=self.environment(),
             interrupted=interrupted,
             in_progress=in_progress,
-            image_dir=str(s.image_dir),
+            image_dir=None if s.run_images is None else str(s.run_images),
             baseline=self.baseline_info(),
             started=self.started,
             finished=time.time(),
@@ -237,6 +238,8 @@ class AuditSession:
             self.outputs["json"] = (s.json, len(doc["tests"]))
         if s.report:
             self.outputs["report"] = (s.report, report.write_html(s.report, doc))
+        if self._folder is not None:
+            self._folder.commit()  # the report files point at this run's images now; older runs' can go
         self._last_write = time.monotonic()
         self._write_cost = self._last_write - begin
 

@@ -134,9 +134,10 @@ def test_the_report_works_in_a_real_browser(pytester: pytest.Pytester, tmp_path:
     assert second["data-images-loaded"] == second["data-images-total"] == "8"
 
     # a link to an image opens the lightbox with the full-size sibling file, allowed by the page's CSP
-    image_id = next((pytester.path / "out" / "report_files").glob("*-001.jpg")).name.removesuffix(".jpg")
+    image_file = next((pytester.path / "out" / "report_files").glob("run-*/*-001.jpg"))
+    image_id = image_file.name.removesuffix(".jpg")
     dom, log = open_in_chromium(f"{report.as_uri()}#img={image_id}", tmp_path / "profile2")
     assert [line for line in log.splitlines() if ":CONSOLE" in line] == []
     assert "hidden" not in dom.by_id["lightbox"]
     lightbox = dom.by_id["lightbox-img"]
-    assert lightbox["src"] == f"report_files/{image_id}.jpg" and int(lightbox["data-natural-width"]) == 32
+    assert lightbox["src"] == f"report_files/{image_file.parent.name}/{image_id}.jpg" and int(lightbox["data-natural-width"]) == 32

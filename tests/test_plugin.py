@@ -94,7 +94,7 @@ def test_ini_keys_set_the_outputs_and_the_command_line_wins(pytester: pytest.Pyt
     assert (pytester.path / "from_ini/report.html").is_file() and (pytester.path / "from_ini/run.json").is_file()
     run(pytester, "--cnnaudit-report=cli.html").assert_outcomes(passed=1)
     assert (pytester.path / "cli.html").is_file() and (pytester.path / "cli_files").is_dir()
-    assert load(pytester.path / "from_ini/run.json")["images_dir"] == "../cli_files"  # json from ini, images next to the HTML
+    assert load(pytester.path / "from_ini/run.json")["images_dir"].startswith("../cli_files/run-")  # json from ini, images next to the HTML
 
 
 def test_collecting_only_leaves_the_last_report_alone(pytester: pytest.Pytester) -> None:
@@ -102,11 +102,11 @@ def test_collecting_only_leaves_the_last_report_alone(pytester: pytest.Pytester)
     pytester.makepyfile(test_a="def test_ok():\n    pass\n")
     run(pytester).assert_outcomes(passed=1)
     before = (pytester.path / "report.html").read_text()
-    images = sorted(p.name for p in (pytester.path / "report_files").iterdir())
+    images = sorted(p.relative_to(pytester.path) for p in (pytester.path / "report_files").rglob("*"))
     for option in ("--collect-only", "--fixtures", "--help"):
         assert run(pytester, option).ret == pytest.ExitCode.OK
     assert (pytester.path / "report.html").read_text() == before
-    assert sorted(p.name for p in (pytester.path / "report_files").iterdir()) == images
+    assert sorted(p.relative_to(pytester.path) for p in (pytester.path / "report_files").rglob("*")) == images
 
 
 def test_options_are_listed_in_one_group(pytester: pytest.Pytester) -> None:
@@ -184,7 +184,7 @@ def test_evidence_is_captured_per_test_and_failures_come_first(pytester: pytest.
     # the session fixture's heatmaps are nobody's evidence; the function fixture's are its test's
     assert tests["test_passes"]["evidence"]["heatmaps"] == [] and len(tests["test_passes"]["evidence"]["scores"]) == 1
     assert tests["test_uses_a_fixture"]["evidence"]["heatmaps"][0]["n"] == 2
-    files = {p.name for p in (pytester.path / "out/report_files").iterdir()}
+    files = {p.name for p in (pytester.path / "out" / doc["images_dir"]).iterdir()}
     for image in heatmaps["images"] + mass["images"]["lowest"]:
         assert image["file"] in files and image["thumb"] in files
     html = (pytester.path / "out/report.html").read_text()
@@ -219,7 +219,7 @@ def test_attach(evidence):
     ev = load(pytester.path / "r.json")["tests"][0]["evidence"]
     assert ev["notes"] == ["looked at it"]
     assert [(i["title"], i["caption"], i["width"], i["height"]) for i in ev["images"]] == [("gradient", "a ramp", 12, 4)]
-    assert (pytester.path / "r_files" / ev["images"][0]["file"]).is_file()
+    assert (pytester.path / load(pytester.path / "r.json")["images_dir"] / ev["images"][0]["file"]).is_file()
 
 
 def test_nothing_is_recorded_when_no_output_is_asked_for(pytester: pytest.Pytester) -> None:
@@ -262,13 +262,14 @@ def test_xdist_run_reports_the_same_as_a_serial_run(pytester: pytest.Pytester) -
     serial.assert_outcomes(passed=2, failed=1)
     parallel.assert_outcomes(passed=2, failed=1)
     a, b = load(pytester.path / "serial.json"), load(pytester.path / "parallel.json")
-    assert a["images_dir"] == "serial_files" and b["images_dir"] == "parallel_files"
+    serial_images, parallel_images = pytester.path / a["images_dir"], pytester.path / b["images_dir"]
+    assert serial_images.parent.name == "serial_files" and parallel_images.parent.name == "parallel_files"
     a["images_dir"] = b["images_dir"] = None
     assert without_timing(a) == without_timing(b)
-    images = sorted(p.name for p in (pytester.path / "parallel_files").iterdir())
-    assert images == sorted(p.name for p in (pytester.path / "serial_files").iterdir()) and len(images) == 1 + 2 * 20
+    images = sorted(p.name for p in parallel_images.iterdir())
+    assert images == sorted(p.name for p in serial_images.iterdir()) and len(images) == 2 * 20
     for name in images:
-        assert (pytester.path / "parallel_files" / name).read_bytes() == (pytester.path / "serial_files" / name).read_bytes()
+        assert (parallel_images / name).read_bytes() == (serial_images / name).read_bytes()
 
 
 # ---- robustness -------------------------------------------------------------------------------------
@@ -343,6 +344,62 @@ def test_a_killed_run_leaves_the_last_checkpoint(pytester: pytest.Pytester) -> N
     assert [t["nodeid"].split("::")[-1] for t in doc["tests"]] == ["test_one"] and doc["in_progress"] is True
     assert "written while the run was still going" in (pytester.path / "r.html").read_text()
     assert not [p for p in pytester.path.iterdir() if p.name.endswith(".tmp")]
+
+
+IMAGE_RUN = """
+import os, signal
+import numpy as np
+
+def test_image(evidence):
+    evidence.image("square", np.full((16, 16, 3), {value}, np.uint8))
+    if {kill}:
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def linked_files(html: Path) -> list[Path]:
+    """The image files a report's HTML links to (full-size images; thumbnails when not inlined)."""
+    import re
+
+    names = re.findall(r'"(r_files/[^"#?]+\.jpg)"', html.read_text())
+    assert names, "the report links no image"
+    return [html.parent / name for name in names]
+
+
+def test_a_killed_rerun_leaves_the_previous_report_whole(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_img=IMAGE_RUN.format(value=200, kill=False))
+    run(pytester, "--cnnaudit-report=r.html").assert_outcomes(passed=1)
+    html = (pytester.path / "r.html").read_text()
+    old = {path: path.read_bytes() for path in linked_files(pytester.path / "r.html")}
+
+    pytester.makepyfile(test_img=IMAGE_RUN.format(value=30, kill=True))  # same file names, other pixels
+    assert pytester.runpytest_subprocess("-p", "no:cacheprovider", "--cnnaudit-report=r.html").ret == -9
+    assert (pytester.path / "r.html").read_text() == html
+    assert {path: path.read_bytes() for path in old} == old  # every image of the old report, unchanged
+
+    pytester.makepyfile(test_img=IMAGE_RUN.format(value=30, kill=False))
+    run(pytester, "--cnnaudit-report=r.html").assert_outcomes(passed=1)
+    runs = [p for p in (pytester.path / "r_files").iterdir() if p.is_dir()]
+    assert len(runs) == 1  # the old report's and the killed run's images went once the new report replaced them
+    assert all(path.parent == runs[0] and path.is_file() for path in linked_files(pytester.path / "r.html"))
+
+
+def test_a_second_run_on_the_same_report_path_refuses_to_start(pytester: pytest.Pytester) -> None:
+    from cnnaudit.report.folder import ReportFolder
+
+    pytester.makepyfile(test_img=IMAGE_RUN.format(value=200, kill=False))
+    run(pytester, "--cnnaudit-report=r.html").assert_outcomes(passed=1)
+    html = (pytester.path / "r.html").read_text()
+    holder = ReportFolder(pytester.path / "r_files")  # stands for a run still going
+    holder.claim()
+    try:
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--cnnaudit-json=r.json", "--cnnaudit-report=r.html")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines([f"*another cnnaudit run (process {os.getpid()}) is writing a report with images in *r_files*"])
+        assert (pytester.path / "r.html").read_text() == html and not (pytester.path / "r.json").exists()
+    finally:
+        holder.release()
+    run(pytester, "--cnnaudit-report=r.html").assert_outcomes(passed=1)  # free again once the holder ends
 
 
 def test_a_folder_cnnaudit_did_not_make_is_not_emptied(pytester: pytest.Pytester) -> None:

@@ -163,6 +163,24 @@ def test_mask_files_are_read_when_rasterised(tmp_path):
         regions.mask(0)
 
 
+def test_a_mask_of_another_aspect_ratio_is_refused_unless_stretching_is_asked_for(tmp_path):
+    wide = np.zeros((4, 8), bool)
+    wide[:, :4] = True  # the left half of a 4x8 picture
+    with pytest.raises(ValueError, match=r"'hair' of image 1: the mask is 4x8 \(HxW\) but its image is 8x8.*stretch_masks=True"):
+        Regions([None, wide], image_size=(8, 8), name="hair")
+    stretched = Regions([wide], image_size=(8, 8), stretch_masks=True)
+    assert stretched.mask(0)[:, :4].all() and not stretched.mask(0)[:, 4:].any()  # the caller asked: stretched
+    # the same aspect at another resolution (a coarser segmentation) is fine, within a pixel of rounding
+    assert Regions([np.ones((94, 125), bool)], image_size=(375, 500)).mask(0).all()
+    path = tmp_path / "m.png"
+    Image.fromarray(wide.astype(np.uint8) * 255).save(path)
+    from_file = Regions([{"mask": str(path)}], image_size=(8, 8), name="hair")  # files are read when rasterised
+    with pytest.raises(ValueError, match=r"mask file .*m\.png: the mask is 4x8"):
+        from_file.mask(0)
+    # resizing the images later keeps the check against the frame the mask was drawn for
+    assert Regions([{"mask": str(path)}], image_size=(16, 32)).rescaled((8, 8)).mask(0)[:, :4].all()
+
+
 def test_mask_box():
     mask = np.zeros((5, 6), bool)
     mask[1:4, 2] = mask[3, 4] = True
