@@ -19,7 +19,6 @@ most :data:`IMAGES_PER_TEST` images per test (the rest are counted in ``dropped_
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import operator
@@ -29,6 +28,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from cnnaudit.report.safe import digest, xml_text
 
 OVERLAYS_PER_HEATMAPS = 8
 EXTREMES_PER_SCORES = 4
@@ -55,7 +56,7 @@ class EvidenceRecorder:
         self.image_dir = image_dir
         self.index = index
         self.device = device
-        self._prefix = hashlib.sha1(nodeid.encode()).hexdigest()[:12]
+        self._prefix = digest(nodeid)
         self._written = 0
         self._dropped = 0
         self._scores: list[tuple[str, Any, dict[str, list[dict]]]] = []
@@ -437,17 +438,18 @@ def histogram(values: Any, markers: list[float]) -> dict | None:
 
 
 def junit_properties(evidence: dict) -> list[tuple[str, object]]:
-    """Each Scores' and each comparison's numbers as JUnit properties ``cnnaudit.<key>.<stat>``."""
+    """Each Scores' and each comparison's numbers as JUnit properties ``cnnaudit.<key>.<stat>`` (keys
+    made valid XML: pytest writes property names as they are)."""
     props: list[tuple[str, object]] = []
     for s in evidence["scores"]:
-        prefix = f"cnnaudit.{s['key']}"
+        prefix = f"cnnaudit.{xml_text(s['key'])}"
         props += [(f"{prefix}.n", s["n"]), (f"{prefix}.n_undefined", s["n_undefined"]), (f"{prefix}.mean", s["mean"])]
         if s["ci"]:
             props += [(f"{prefix}.ci_low", s["ci"]["low"]), (f"{prefix}.ci_high", s["ci"]["high"])]
         if s["delta_mean"] is not None:
             props.append((f"{prefix}.delta_mean", s["delta_mean"]))
     for d in evidence["comparisons"]:
-        prefix = f"cnnaudit.{d['key']}"
+        prefix = f"cnnaudit.{xml_text(d['key'])}"
         props += [
             (f"{prefix}.mean", d["mean"]), (f"{prefix}.ci_low", d["ci"]["low"]), (f"{prefix}.ci_high", d["ci"]["high"]),
             (f"{prefix}.p_value", d["p_value"]), (f"{prefix}.paired", d["paired"]),

@@ -402,6 +402,42 @@ def test_a_second_run_on_the_same_report_path_refuses_to_start(pytester: pytest.
     run(pytester, "--cnnaudit-report=r.html").assert_outcomes(passed=1)  # free again once the holder ends
 
 
+ODD_NAMES = """
+import numpy as np
+from cnnaudit.scores import Scores
+
+def test_odd(evidence):
+    evidence.image("image \\udcff id", np.zeros((8, 8, 3), np.uint8))
+    Scores([0.5, 0.6], "mass\\x00in\\x1bbox")
+
+def test_plain():
+    pass
+"""
+
+
+def test_odd_names_reach_every_output_safely(pytester: pytest.Pytester) -> None:
+    undecodable = os.fsdecode(b"test_odd_\xff.py")  # a file name that is not UTF-8: a lone surrogate in the test id
+    (pytester.path / undecodable).write_text(ODD_NAMES)
+    run(pytester, "--cnnaudit-report=my#report?.html", "--cnnaudit-json=r.json").assert_outcomes(passed=2)
+    html = (pytester.path / "my#report?.html").read_bytes().decode("utf-8")  # strict: valid UTF-8
+    assert "\x00" not in html and "\x1b" not in html and html.count('data-nodeid="test_odd_') == 2
+    assert "test_odd_\\udcff.py::test_odd" in html and "image \\udcff id" in html and "mass\\x00in\\x1bbox" in html
+    import re
+    import urllib.parse
+
+    links = re.findall(r'class="shot" href="([^"]+)"', html)
+    assert links and all((pytester.path / urllib.parse.unquote(link)).is_file() for link in links)
+    doc = load(pytester.path / "r.json")
+    assert {t["nodeid"] for t in doc["tests"]} == {f"{undecodable}::test_odd", f"{undecodable}::test_plain"}  # exact ids
+    assert doc["tests"][0]["evidence"] is not None
+
+    (pytester.path / undecodable).unlink()  # pytest's own junit writer cannot take an undecodable file name
+    pytester.makepyfile(test_plain_name=ODD_NAMES)
+    run(pytester, "--junitxml=junit.xml").assert_outcomes(passed=2)
+    names = [p.get("name") for p in ET.parse(pytester.path / "junit.xml").getroot().iter("property")]
+    assert "cnnaudit.mass\\x00in\\x1bbox.mean" in names
+
+
 def test_a_folder_cnnaudit_did_not_make_is_not_emptied(pytester: pytest.Pytester) -> None:
     (pytester.path / "r_files").mkdir()
     (pytester.path / "r_files" / "precious.txt").write_text("keep")

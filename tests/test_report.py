@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
+import hashlib
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import markupsafe
 import numpy as np
@@ -229,3 +229,12 @@ def test_histogram_geometry_places_markers_on_the_value_axis() -> None:
 def test_small_thumbnails_are_shown_enlarged_by_an_integer_factor() -> None:
     assert report.shown_size({"thumb_width": 32, "thumb_height": 16}) == (128, 64)
     assert report.shown_size({"thumb_width": 128, "thumb_height": 96}) == (128, 96)
+
+
+def test_strings_are_made_safe_for_each_output():
+    from cnnaudit.report.safe import digest, url_path, xml_text
+
+    assert xml_text("a\x00b\x1bc\udcff\td\U0001f600") == "a\\x00b\\x1bc\\udcff\td\U0001f600"  # tab and emoji are valid XML
+    assert url_path("my#report?_files/run-1/a b%.jpg") == "my%23report%3F_files/run-1/a%20b%25.jpg"
+    assert digest("x\udcff") != digest("x\udcfe") and len(digest("x\udcff")) == 12
+    assert digest("test_a.py::test_b") == hashlib.sha1(b"test_a.py::test_b").hexdigest()[:12]  # ids as before

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import json
 import os
 import secrets
 from pathlib import Path
 from typing import IO, Any, Iterator
+
+from cnnaudit.report.safe import digest, url_path, xml_text
 
 INLINE_BUDGET_BYTES = 24 * 2**20
 FORMAT = "cnnaudit-report"
@@ -149,7 +150,7 @@ def write_html(path: Path, doc: dict, budget: int = INLINE_BUDGET_BYTES) -> dict
 
     path = Path(path)
     images_dir = Path(doc["images_dir"]) if doc["images_dir"] else None
-    prefix = _relative(doc["images_dir"], path) or "."
+    prefix = url_path(_relative(doc["images_dir"], path) or ".")
     inline, linked = plan_inlining(doc["tests"], budget)
 
     def thumb_src(image: dict) -> str:
@@ -164,6 +165,7 @@ def write_html(path: Path, doc: dict, budget: int = INLINE_BUDGET_BYTES) -> dict
         trim_blocks=True,
         lstrip_blocks=True,
         undefined=jinja2.StrictUndefined,
+        finalize=_text_safe,
     )
     env.filters["num"] = _num
     env.filters["signed"] = _signed
@@ -192,7 +194,7 @@ def write_html(path: Path, doc: dict, budget: int = INLINE_BUDGET_BYTES) -> dict
 
 def test_anchor(nodeid: str) -> str:
     """A stable HTML id for a test: a hash of its node id (node ids may hold any character)."""
-    return hashlib.sha1(nodeid.encode()).hexdigest()[:12]
+    return digest(nodeid)
 
 
 def search_text(entry: dict) -> str:
@@ -201,6 +203,16 @@ def search_text(entry: dict) -> str:
     parts = [entry["nodeid"], entry["outcome"], entry["message"]]
     parts += [s["key"] for s in evidence.get("scores", []) + evidence.get("comparisons", [])] + list(evidence.get("notes", []))
     return " ".join(parts).lower()
+
+
+def _text_safe(value: Any) -> Any:
+    """What a template prints, with NUL, lone surrogates and other characters XML forbids escaped
+    (already-escaped markup stays markup)."""
+    import markupsafe
+
+    if isinstance(value, markupsafe.Markup):
+        return markupsafe.Markup(xml_text(value))
+    return xml_text(value) if isinstance(value, str) else value
 
 
 def _relative(directory: str | None, target: Path) -> str | None:
