@@ -14,6 +14,8 @@ Sections (``--only`` picks some):
   interleaved round by round (``bench_maximize.py``); goal on a GPU: at least 8x.
 * ``report`` — recording and writing the HTML report for 1,000 evidence images
   (``bench_report.py``); goal: the HTML in under 10 s.
+* ``recording`` — a 200-test audit suite run by pytest with and without a report, and one audit of
+  an 8000 px image: time, peak memory and image files (``bench_recording.py``; CPU only).
 
 Needs the peers: ``pip install -e '.[bench]'`` (grad-cam, captum).
 """
@@ -32,19 +34,22 @@ import torch
 
 import bench_gradcam
 from bench_maximize import measure_maximize
+from bench_recording import measure_recording
 from bench_report import measure_report
 from cnnaudit.subject import resolve_device
 from timing import environment
 
-SECTIONS = ("gradcam", "scorecam", "maximize", "report")
+SECTIONS = ("gradcam", "scorecam", "maximize", "report", "recording")
 GOAL_MAXIMIZE_SPEEDUP_ON_GPU = 8.0
 
 # (full, quick) settings; command-line options override either
 PROFILES = {
     "full": dict(batch=64, size=224, repeats=5, scorecam_images=8, scorecam_layer="layer4", scorecam_size=224,
-                 scorecam_batch=64, maximize_steps=64, maximize_size=128, report_images=1000),
+                 scorecam_batch=64, maximize_steps=64, maximize_size=128, report_images=1000, recording_tests=200,
+                 recording_big_side=8000),
     "quick": dict(batch=16, size=224, repeats=3, scorecam_images=2, scorecam_layer="layer2", scorecam_size=112,
-                  scorecam_batch=64, maximize_steps=10, maximize_size=64, report_images=1000),
+                  scorecam_batch=64, maximize_steps=10, maximize_size=64, report_images=1000, recording_tests=200,
+                  recording_big_side=8000),
 }
 
 
@@ -94,6 +99,8 @@ def main() -> None:
         results["maximize"] = maximize_section(device, settings["maximize_steps"], settings["maximize_size"], settings["repeats"])
     if "report" in sections:
         results["report"] = measure_report(settings["report_images"])
+    if "recording" in sections:
+        results["recording"] = measure_recording(settings["recording_tests"], settings["repeats"], settings["recording_big_side"])
     results["peers"] = peer_versions()
     results["wall_s"] = round(time.perf_counter() - started, 1)
 

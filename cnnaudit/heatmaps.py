@@ -94,8 +94,9 @@ class Heatmaps:
             self._maps = mass / peak[:, None, None]
         return self._maps
 
-    def image(self, i: int) -> np.ndarray:
-        """Image ``i`` as float ``(H,W,3)`` in ``[0,1]`` (for overlays)."""
+    def image(self, i: int, size: tuple[int, int] | None = None) -> np.ndarray:
+        """Image ``i`` as float ``(H,W,3)`` in ``[0,1]`` (for overlays); resized to ``size`` (antialiased
+        bilinear) when given."""
         if self.images is None:
             raise ValueError("these heatmaps were made without their images; pass images= to overlay them")
         from cnnaudit.data import ImageSet
@@ -103,7 +104,10 @@ class Heatmaps:
 
         batched = isinstance(self.images, ImageSet) or getattr(self.images, "ndim", 0) == 4
         picked = self.images[i : i + 1] if batched else as_batch(self.images)[i : i + 1]  # convert one image, not all
-        return as_batch(picked)[0].permute(1, 2, 0).numpy()
+        image = as_batch(picked)
+        if size is not None and tuple(image.shape[-2:]) != tuple(size):
+            image = F.interpolate(image, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+        return image[0].permute(1, 2, 0).numpy()
 
     def overlay(self, i: int, alpha: float = 0.5) -> np.ndarray:
         """Map ``i`` drawn with the jet colormap over its image, uint8 ``(H,W,3)``."""

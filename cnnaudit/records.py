@@ -14,7 +14,10 @@ asked for.
 Bounded per object and per test: the first :data:`OVERLAYS_PER_HEATMAPS` overlays of a
 ``Heatmaps``; the :data:`EXTREMES_PER_SCORES` lowest and highest images of a ``Scores`` with a
 heatmap source; one grid of at most :data:`CHANNELS_PER_GRID` channels per ``Visualizations``; at
-most :data:`IMAGES_PER_TEST` images per test (the rest are counted in ``dropped_images``).
+most :data:`IMAGES_PER_TEST` images per test (the rest are counted in ``dropped_images``). Images
+are stored at most :data:`EVIDENCE_SIDE` px on their longer side (overlays are drawn at that size,
+not drawn at full size and shrunk); each record keeps the ``source_width`` / ``source_height`` it
+was downscaled from. An image no larger than its thumbnail is one file, used for both.
 """
 
 from __future__ import annotations
@@ -29,13 +32,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from cnnaudit.report.safe import digest, xml_text
+from cnnaudit.safe_text import digest, xml_text
 
 OVERLAYS_PER_HEATMAPS = 8
 EXTREMES_PER_SCORES = 4
 CHANNELS_PER_GRID = 64
 IMAGES_PER_TEST = 96
 THUMBNAIL_SIDE = 128
+EVIDENCE_SIDE = 1024
+"""Longest side of a stored evidence image: what the report's lightbox shows on a screen."""
 GRID_THUMBNAIL_SIDE = 320
 QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
 HISTOGRAM_BINS = 20
@@ -71,6 +76,7 @@ class EvidenceRecorder:
         self._subject_device: str | None = None
         self._seeds: set[int] = set()
         self._comparisons: list[tuple[str, float, float]] = []
+        self._drawn: tuple[Any, dict[int, np.ndarray]] = (None, {})
 
     def __repr__(self) -> str:
         return f"EvidenceRecorder({self.nodeid!r}, images={self._written}, scores={len(self._scores)})"
@@ -141,7 +147,7 @@ class EvidenceRecorder:
         scores = self._summaries(
             "Scores", self._scores, lambda key, obj, images: self._scores_summary(key, obj, images, baseline_entry)
         )
-        self._scores, self._keys = [], {}
+        self._scores, self._keys, self._drawn = [], {}, (None, {})
         if "torch" in sys.modules:
             self._seeds.add(int(sys.modules["torch"].initial_seed()))
         environment = None
@@ -201,9 +207,10 @@ class EvidenceRecorder:
         if heatmaps.images is not None:
             for i in range(min(len(heatmaps), OVERLAYS_PER_HEATMAPS)):
                 saved = self._save(
-                    lambda i=i: _overlay(heatmaps, i),
+                    lambda i=i: self._overlay(heatmaps, i),
                     title=str(heatmaps.ids[i]),
                     caption=f"{heatmaps.method}, target {_target_name(heatmaps, i)}",
+                    source_size=heatmaps.image_size,
                 )
                 if saved is not None:
                     entry["images"].append(saved)
@@ -246,6 +253,16 @@ class EvidenceRecorder:
         )
 
     # ---- helpers --------------------------------------------------------------------------------
+    def _overlay(self, heatmaps: Any, i: int) -> np.ndarray:
+        """:func:`_overlay` of map ``i``, drawn once: a Scores' extremes reuse the overlays its Heatmaps
+        just drew (only the last Heatmaps' are kept)."""
+        if self._drawn[0] is not heatmaps:
+            self._drawn = (heatmaps, {})
+        drawn = self._drawn[1]
+        if i not in drawn:
+            drawn[i] = _overlay(heatmaps, i)
+        return drawn[i]
+
     def _extremes(self, scores: Any) -> dict[str, list[dict]]:
         """Overlays (with region outlines) of the lowest and highest defined values of ``scores``."""
         source = getattr(scores, "source", None) or {}
@@ -271,9 +288,10 @@ class EvidenceRecorder:
                 if i is None:
                     continue
                 saved = self._save(
-                    lambda i=i: _outlined_overlay(heatmaps, regions, i),
+                    lambda i=i: _outlined(self._overlay(heatmaps, i), regions, i),
                     title=str(heatmaps.ids[i]),
                     caption=f"{scores.name} = {values[j]:.3g}",
+                    source_size=heatmaps.image_size,
                 )
                 if saved is not None:
                     out[label].append(saved)
@@ -291,8 +309,9 @@ class EvidenceRecorder:
             self._models.setdefault(str(described.get("sha256")), described)
 
     def _save(self, render: Callable[[], np.ndarray], *, title: str, caption: str,
-              thumbnail_side: int = THUMBNAIL_SIDE) -> dict | None:
-        """Render the image and write it and its thumbnail as JPEGs; return the record.
+              thumbnail_side: int = THUMBNAIL_SIDE, source_size: tuple[int, int] | None = None) -> dict | None:
+        """Render the image (at most :data:`EVIDENCE_SIDE` px) and write it and its thumbnail as JPEGs;
+        return the record. ``source_size``: the ``(H, W)`` the image stands for, if ``render`` drew it smaller.
 
         Nothing is rendered without an image folder or past the per-test limit (``None``).
         """
@@ -304,12 +323,18 @@ class EvidenceRecorder:
         from cnnaudit.render import thumbnail
 
         image = render()
+        source_height, source_width = source_size or image.shape[:2]
+        image = thumbnail(image, EVIDENCE_SIDE)
         self._written += 1
         stem = f"{self._prefix}-{self._written:03d}"
-        full, thumb = f"{stem}.jpg", f"{stem}.t.jpg"
-        _write_jpeg(image, self.image_dir / full, quality=90)
+        full = f"{stem}.jpg"
+        full_bytes = _write_jpeg(image, self.image_dir / full, quality=90)
         small = thumbnail(image, thumbnail_side)
-        thumb_bytes = _write_jpeg(small, self.image_dir / thumb, quality=80)
+        if small is image:  # no larger than a thumbnail: one file serves as both
+            thumb, thumb_bytes = full, full_bytes
+        else:
+            thumb = f"{stem}.t.jpg"
+            thumb_bytes = _write_jpeg(small, self.image_dir / thumb, quality=80)
         return {
             "id": stem,
             "title": title,
@@ -318,6 +343,8 @@ class EvidenceRecorder:
             "thumb": thumb,
             "width": int(image.shape[1]),
             "height": int(image.shape[0]),
+            "source_width": int(source_width),
+            "source_height": int(source_height),
             "thumb_width": int(small.shape[1]),
             "thumb_height": int(small.shape[0]),
             "thumb_bytes": thumb_bytes,
@@ -467,20 +494,31 @@ def _markers(summary: dict) -> list[float]:
     return [m for m in marks if math.isfinite(m)]
 
 
+def evidence_size(size: tuple[int, int]) -> tuple[int, int]:
+    """``(H, W)`` shrunk (aspect kept) so that the longer side is at most :data:`EVIDENCE_SIDE`."""
+    scale = min(1.0, EVIDENCE_SIDE / max(size))
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
 def _overlay(heatmaps: Any, i: int) -> np.ndarray:
-    """Overlay of map ``i`` alone: ``mass_i / max(mass_i)`` (as ``Heatmaps.maps``) without computing all maps."""
+    """Overlay of map ``i`` alone, drawn at :func:`evidence_size`: ``bilinear(relu(raw_i))`` at that size
+    over max (as ``Heatmaps.maps`` at input size, which it equals for images no larger) without computing
+    all maps or a full-size one."""
+    import torch.nn.functional as F
+
     from cnnaudit.render import overlay
 
-    mass = heatmaps.upsample(heatmaps.raw[i : i + 1])[0].cpu().numpy()
+    size = evidence_size(heatmaps.image_size)
+    mass = F.interpolate(heatmaps.raw[i : i + 1, None].clamp(min=0), size=size, mode="bilinear", align_corners=False)
+    mass = mass[0, 0].cpu().numpy()
     peak = mass.max()
-    return overlay(heatmaps.image(i), mass / peak if peak > 0 else mass)
+    return overlay(heatmaps.image(i, size), mass / peak if peak > 0 else mass)
 
 
-def _outlined_overlay(heatmaps: Any, regions: Any, i: int) -> np.ndarray:
-    """Overlay ``i`` with the outline of its region (width about 1% of the image side)."""
+def _outlined(image: np.ndarray, regions: Any, i: int) -> np.ndarray:
+    """Overlay ``image`` of map ``i`` with the outline of its region (width about 1% of the image's side)."""
     from cnnaudit.render import outline
 
-    image = _overlay(heatmaps, i)
     if regions is None:
         return image
     mask = np.asarray(regions.mask(i, image.shape[:2]), dtype=bool)
@@ -548,10 +586,14 @@ def _plain(value: Any) -> Any:
 
 
 def _write_jpeg(image: np.ndarray, path: Path, quality: int) -> int:
+    """Write ``image`` as a JPEG file; returns its size in bytes."""
+    import io
+
     from PIL import Image
 
-    Image.fromarray(image).save(path, format="JPEG", quality=quality, subsampling=0)
-    return path.stat().st_size
+    encoded = io.BytesIO()
+    Image.fromarray(image).save(encoded, format="JPEG", quality=quality, subsampling=0)
+    return path.write_bytes(encoded.getbuffer())
 
 
 def _unique(name: str, taken: set[str]) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from matplotlib import colormaps
 
@@ -10,14 +12,25 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5, cmap: st
     """Blend ``cmap(heatmap)`` over ``image``: ``(1-alpha)*image + alpha*cmap(heatmap)``.
 
     ``image`` is float ``(H,W,3)`` in ``[0,1]`` (or uint8), ``heatmap`` float ``(H,W)`` in ``[0,1]``.
+    The colour is matplotlib's own lookup, ``table[min(floor(v * N), N - 1)]`` of the colormap's ``N``
+    colours, read from a cached table rather than through ``Colormap.__call__`` (which builds float64
+    RGBA and masks: most of the cost of recording evidence).
     """
     if image.dtype == np.uint8:
         image = image.astype(np.float32) / 255.0
     if image.shape[:2] != heatmap.shape:
         raise ValueError(f"image {image.shape[:2]} and heatmap {heatmap.shape} differ in size")
-    colored = colormaps[cmap](np.clip(heatmap, 0.0, 1.0))[..., :3]
-    blended = (1.0 - alpha) * image[..., :3] + alpha * colored
+    table = _colour_table(cmap)
+    index = np.minimum((np.clip(heatmap, 0.0, 1.0) * len(table)).astype(np.intp), len(table) - 1)
+    blended = (1.0 - alpha) * image[..., :3].astype(np.float32) + np.float32(alpha) * table[index]
     return (np.clip(blended, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=8)
+def _colour_table(cmap: str) -> np.ndarray:
+    """The ``N`` RGB colours of matplotlib colormap ``cmap``, float32 ``(N, 3)``."""
+    colormap = colormaps[cmap]
+    return colormap(np.arange(colormap.N))[:, :3].astype(np.float32)
 
 
 def to_rgb8(image: object) -> np.ndarray:

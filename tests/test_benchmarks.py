@@ -11,11 +11,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_benchmark_command_writes_every_figure_of_the_sections_that_need_no_peers(tmp_path):
-    """``maximize`` and ``report`` at toy settings (the ``gradcam`` sections need the ``bench`` extra)."""
+    """``maximize``, ``report`` and ``recording`` at toy settings (the ``gradcam`` sections need the ``bench`` extra)."""
     out = tmp_path / "bench.json"
     run = subprocess.run(
-        [sys.executable, "benchmarks/run.py", "--device", "cpu", "--only", "maximize,report", "--threads", "1",
-         "--maximize-steps", "1", "--maximize-size", "32", "--report-images", "16", "--repeats", "1", "--out", str(out)],
+        [sys.executable, "benchmarks/run.py", "--device", "cpu", "--only", "maximize,report,recording", "--threads", "1",
+         "--maximize-steps", "1", "--maximize-size", "32", "--report-images", "16", "--recording-tests", "3", "--recording-big-side", "1500", "--repeats", "1", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert run.returncode == 0, run.stderr[-3000:]
@@ -29,3 +29,10 @@ def test_benchmark_command_writes_every_figure_of_the_sections_that_need_no_peer
     report = figures["report"]
     assert report["images"] == 16 and report["x10"]["images"] == 160
     assert report["html_within_goal"] == (report["write_html_s"] < report["goal_s"])
+    recording = figures["recording"]
+    suite = recording["suite"]
+    assert abs(suite["ratio"] - suite["recorded_s"] / suite["plain_s"]) < 0.02  # ratio of the unrounded medians
+    assert suite["image_files"]["files"] == 3 * 16  # 8 overlays + 4 lowest + 4 highest per test; 64 px: one file each
+    big = recording["big_image"]
+    assert big["side"] == 1500 and big["image_files"]["files"] == 2 * 2  # one overlay, one extreme: image + thumbnail
+    assert big["recorded"]["max_rss_mb"] > 0 and big["plain"]["wall_s"] > 0

@@ -267,7 +267,7 @@ def test_xdist_run_reports_the_same_as_a_serial_run(pytester: pytest.Pytester) -
     a["images_dir"] = b["images_dir"] = None
     assert without_timing(a) == without_timing(b)
     images = sorted(p.name for p in parallel_images.iterdir())
-    assert images == sorted(p.name for p in serial_images.iterdir()) and len(images) == 2 * 20
+    assert images == sorted(p.name for p in serial_images.iterdir()) and len(images) == 20  # small images: one file each
     for name in images:
         assert (parallel_images / name).read_bytes() == (serial_images / name).read_bytes()
 
@@ -436,6 +436,27 @@ def test_odd_names_reach_every_output_safely(pytester: pytest.Pytester) -> None:
     run(pytester, "--junitxml=junit.xml").assert_outcomes(passed=2)
     names = [p.get("name") for p in ET.parse(pytester.path / "junit.xml").getroot().iter("property")]
     assert "cnnaudit.mass\\x00in\\x1bbox.mean" in names
+
+
+def test_the_report_says_what_the_evidence_budget_left_out(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_budget="""
+import numpy as np
+from cnnaudit.records import IMAGES_PER_TEST
+
+def test_many(evidence):
+    for i in range(IMAGES_PER_TEST + 2):
+        evidence.image(f"i{i}", np.zeros((8, 8, 3), np.uint8))
+
+def test_big(evidence):
+    evidence.image("big", np.zeros((3000, 1500, 3), np.uint8))
+""")
+    run(pytester, "--cnnaudit-report=r.html", "--cnnaudit-json=r.json").assert_outcomes(passed=2)
+    big = by_name(load(pytester.path / "r.json"))["test_big"]["evidence"]["images"][0]
+    assert (big["width"], big["height"], big["source_width"], big["source_height"]) == (512, 1024, 1500, 3000)
+    html = (pytester.path / "r.html").read_text()
+    assert "images not recorded: 2 (limit 96 per test)" in html
+    assert "images stored downscaled to 1024 px on their longer side: 1" in html
+    assert "(512×1024, downscaled from 1500×3000)" in html
 
 
 def test_a_folder_cnnaudit_did_not_make_is_not_emptied(pytester: pytest.Pytester) -> None:

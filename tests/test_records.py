@@ -14,10 +14,12 @@ from scipy import stats
 from cnnaudit import evidence, render
 from cnnaudit.heatmaps import Heatmaps
 from cnnaudit.records import (
+    EVIDENCE_SIDE,
     IMAGES_PER_TEST,
     OVERLAYS_PER_HEATMAPS,
     EvidenceRecorder,
     _overlay,
+    evidence_size,
     difference_statistics,
     histogram,
     junit_properties,
@@ -51,7 +53,7 @@ def test_heatmaps_give_at_most_eight_overlays_written_to_disk_as_they_arrive(tmp
     (entry,) = out["heatmaps"]
     assert (entry["method"], entry["layer"], entry["n"], entry["zero"]) == ("gradcam", "l4", 11, 0)
     assert len(entry["images"]) == OVERLAYS_PER_HEATMAPS == 8
-    assert len(files_during_test) == 16  # full size + thumbnail each, written before the test ended
+    assert len(files_during_test) == 8  # written before the test ended; one file each, no larger than a thumbnail
     first = entry["images"][0]
     assert (first["width"], first["height"]) == (24, 24)
     # the recorder renders one map at a time, exactly as Heatmaps.overlay(i) does with all maps
@@ -162,7 +164,7 @@ def test_images_per_test_are_capped(tmp_path: Path) -> None:
         recorder.image(f"img{i}", np.zeros((4, 4, 3), np.uint8))
     out = recorder.finish()
     assert len(out["images"]) == IMAGES_PER_TEST and out["dropped_images"] == 4
-    assert len(list(tmp_path.iterdir())) == 2 * IMAGES_PER_TEST
+    assert len(list(tmp_path.iterdir())) == IMAGES_PER_TEST  # 4x4: one file serves as image and thumbnail
 
 
 def test_without_an_image_dir_numbers_are_still_recorded(tmp_path: Path) -> None:
@@ -478,3 +480,39 @@ def test_a_summary_that_fails_becomes_a_note_and_the_rest_is_kept() -> None:
     assert [s["key"] for s in out["scores"]] == ["fine", "a", "b"] and out["comparisons"] == []
     assert [note.split(":")[0] for note in out["notes"]] == [
         "cnnaudit could not summarise comparison 'a \u2212 b'", "cnnaudit could not summarise Scores 'broken'"]
+
+
+def test_overlay_colours_are_matplotlibs_own_lookup() -> None:
+    from matplotlib import colormaps
+
+    generator = np.random.default_rng(0)
+    heatmap = np.concatenate([generator.random(4000), [0.0, 1.0, 255 / 256, 1 / 256, 0.5]]).astype(np.float32)[None]
+    image = generator.random((1, heatmap.shape[1], 3)).astype(np.float32)
+    expected = 0.5 * image + 0.5 * colormaps["jet"](heatmap)[..., :3]  # matplotlib's Colormap.__call__, float64
+    drawn = render.overlay(image, heatmap).astype(int)
+    assert np.abs(drawn - (np.clip(expected, 0, 1) * 255 + 0.5).astype(int)).max() <= 1  # float32 blend rounding
+
+
+def test_big_images_are_drawn_at_the_evidence_side_and_say_so(tmp_path: Path) -> None:
+    size = (3 * EVIDENCE_SIDE, 2 * EVIDENCE_SIDE)  # 3072 x 2048: drawn at 1024 x 683
+    images = torch.zeros(1, 3, *size)
+    images[..., : size[0] // 2, :] = 1.0  # white top half
+    raw = torch.zeros(1, 3, 2)
+    raw[0, 0, 0] = 1.0  # the map's mass in the top-left cell
+    recorder = EvidenceRecorder("t", tmp_path)
+    with evidence.recording(recorder):
+        Heatmaps(raw, image_size=size, method="gradcam", images=images).mass_in(
+            Regions([(0, 0, size[1] // 2, size[0] // 3)], image_size=size)
+        )
+    out = recorder.finish()
+    shown = out["heatmaps"][0]["images"][0]
+    assert (shown["width"], shown["height"], shown["source_width"], shown["source_height"]) == (683, 1024, 2048, 3072)
+    assert evidence_size(size) == (1024, 683)
+    pixels = read(tmp_path / shown["file"]).astype(int)
+    assert pixels.shape == (1024, 683, 3)
+    with evidence.paused():  # the same drawing as at full size, then shrunk (up to JPEG and resampling)
+        full = Heatmaps(raw, image_size=size, method="gradcam", images=images).overlay(0)
+    assert np.abs(pixels - render.thumbnail(full, EVIDENCE_SIDE).astype(int)).mean() < 2
+    extreme = out["scores"][0]["images"]["highest"][0] if out["scores"][0]["images"]["highest"] else out["scores"][0]["images"]["lowest"][0]
+    assert (extreme["width"], extreme["height"]) == (683, 1024)
+    assert len(list(tmp_path.iterdir())) == 4  # two images, each a file and a thumbnail

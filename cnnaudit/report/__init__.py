@@ -18,7 +18,7 @@ import secrets
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from cnnaudit.report.safe import digest, url_path, xml_text
+from cnnaudit.safe_text import digest, url_path, xml_text
 
 INLINE_BUDGET_BYTES = 24 * 2**20
 FORMAT = "cnnaudit-report"
@@ -148,6 +148,8 @@ def write_html(path: Path, doc: dict, budget: int = INLINE_BUDGET_BYTES) -> dict
     """Render ``doc`` to ``path`` atomically; returns ``{"bytes", "images", "linked"}``."""
     import jinja2
 
+    from cnnaudit.records import EVIDENCE_SIDE, IMAGES_PER_TEST, OVERLAYS_PER_HEATMAPS
+
     path = Path(path)
     images_dir = Path(doc["images_dir"]) if doc["images_dir"] else None
     prefix = url_path(_relative(doc["images_dir"], path) or ".")
@@ -181,6 +183,8 @@ def write_html(path: Path, doc: dict, budget: int = INLINE_BUDGET_BYTES) -> dict
     total_images = sum(1 for entry in doc["tests"] for _ in all_images(entry["evidence"]))
     context = {
         "doc": doc,
+        "left_out": left_out(doc["tests"]),
+        "limits": {"overlays": OVERLAYS_PER_HEATMAPS, "per_test": IMAGES_PER_TEST, "side": EVIDENCE_SIDE},
         "images_prefix": prefix,
         "linked": linked,
         "total_images": total_images,
@@ -190,6 +194,22 @@ def write_html(path: Path, doc: dict, budget: int = INLINE_BUDGET_BYTES) -> dict
         for chunk in template.generate(**context):
             handle.write(chunk)
     return {"bytes": path.stat().st_size, "images": total_images, "linked": linked}
+
+
+def left_out(entries: list[dict]) -> dict[str, int]:
+    """What the evidence budget left out of the report: heatmaps not drawn (``overlays``), images past the
+    per-test limit (``dropped``) and images stored downscaled (``downscaled``)."""
+    counts = {"overlays": 0, "dropped": 0, "downscaled": 0}
+    for entry in entries:
+        evidence = entry["evidence"]
+        if not evidence:
+            continue
+        counts["overlays"] += sum(max(0, h["n"] - len(h["images"])) for h in evidence["heatmaps"] if h["images"])
+        counts["dropped"] += evidence.get("dropped_images", 0)
+        counts["downscaled"] += sum(
+            1 for image in all_images(evidence) if image.get("source_width", image["width"]) > image["width"]
+        )
+    return counts
 
 
 def test_anchor(nodeid: str) -> str:
@@ -206,13 +226,11 @@ def search_text(entry: dict) -> str:
 
 
 def _text_safe(value: Any) -> Any:
-    """What a template prints, with NUL, lone surrogates and other characters XML forbids escaped
-    (already-escaped markup stays markup)."""
+    """What a template prints, with NUL, lone surrogates and other characters XML forbids escaped. Markup
+    (a macro's output) passes as it is: every value in it went through here already."""
     import markupsafe
 
-    if isinstance(value, markupsafe.Markup):
-        return markupsafe.Markup(xml_text(value))
-    return xml_text(value) if isinstance(value, str) else value
+    return xml_text(value) if isinstance(value, str) and not isinstance(value, markupsafe.Markup) else value
 
 
 def _relative(directory: str | None, target: Path) -> str | None:
