@@ -439,7 +439,7 @@ class Subject:
         steps: int = 128,
         size: int = 128,
         seed: int = 0,
-        param: str = "fourier",
+        param: str = "pixel",
         schedule: str | None = None,
         lr: float | None = None,
         transforms: Transforms | str | None = None,

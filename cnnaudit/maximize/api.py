@@ -19,7 +19,7 @@ LOGIT_LAYERS = (None, "logits", "output")
 
 
 def maximize(subject: Any, layer: str | nn.Module | None, channels: Any = "all", *, objective: str = "channel",
-             steps: int = 128, size: int = 128, seed: int = 0, param: str = "fourier",
+             steps: int = 128, size: int = 128, seed: int = 0, param: str = "pixel",
              schedule: str | None = None, lr: float | None = None, transforms: Transforms | str | None = None,
              redirect_steps: int | None = None, offset: tuple[int, int] = (0, 0), batch_size: int | None = None) -> Visualizations:
     """Optimise one ``size`` x ``size`` image per unit so that it maximises ``objective``.
@@ -30,9 +30,11 @@ def maximize(subject: Any, layer: str | nn.Module | None, channels: Any = "all",
       array of vectors in channel space).
     * ``layer``: a ``named_modules()`` name or the module itself (as in ``Subject.gradcam``).
     * ``channels``: ``"all"``, an index, or a list.
-    * ``param``: ``"fourier"`` (decorrelated colour, Adam) or ``"pixel"`` (flashtorch's grey start
-      and normalised gradient ascent); ``schedule="multiscale"`` (pixels only) is fastai's upscaling
-      schedule. ``transforms`` default: Lucid's standard set for Fourier, none for pixels.
+    * ``param``: ``"pixel"`` (the default: flashtorch's grey start and normalised gradient ascent,
+      which gets closest to what a unit can reach, see docs/performance.md) or ``"fourier"``
+      (Lucid's decorrelated colour and Adam: smoother, more natural-looking images, further from the
+      optimum); ``schedule="multiscale"`` (pixels only) is fastai's upscaling schedule.
+      ``transforms`` default: Lucid's standard set for Fourier, none for pixels.
     * The first ``redirect_steps`` steps (default: all) use Lucid's redirected ReLU gradient. It
       only acts on an image while the plain gradient through a ReLU layer is zero for it, i.e.
       until its unit fires, so keeping it on changes nothing once a unit is reached and spares

@@ -9,7 +9,9 @@ One step, for the batch of ``K`` images (image ``k`` optimised for unit ``k``)::
     param_k <- update(param_k, g_k)          # flashtorch ascent (pixel) or Adam (Fourier, multiscale)
 
 ReLUs use the redirected gradient for the first ``redirect_steps`` steps
-(:mod:`cnnaudit.maximize.redirect`). :func:`trajectory` yields the images before the first step
+(:mod:`cnnaudit.maximize.redirect`); the ReLU that produces the objective's layer output, if one
+does, passes :data:`LEAK` of the upward gradient where it is off, so a unit that fires at some
+positions keeps drawing the others up (:func:`~cnnaudit.maximize.redirect.leak_at`). :func:`trajectory` yields the images before the first step
 and after each one (the reachability search scores them all); :func:`optimise` keeps the first
 and the last.
 """
@@ -26,7 +28,7 @@ from torch import nn
 
 from cnnaudit.maximize.objectives import Objective
 from cnnaudit.maximize.param import FourierImage, PixelImage
-from cnnaudit.maximize.redirect import redirected_relus
+from cnnaudit.maximize.redirect import leak_at, redirected_relus
 from cnnaudit.maximize.rng import INIT, TRANSFORMS, unit_generators
 from cnnaudit.maximize.transforms import Transforms
 
@@ -36,6 +38,8 @@ UPSCALE, MAX_UPSCALINGS, MIN_START_SIZE, WEIGHT_DECAY = 1.2, 12, 16, 1e-6
 #: parameterisation; for pixels each normalised ascent step moves pixels by ``lr`` RMS, and the
 #: multiscale Adam rate is fastai's 0.1 converted from ImageNet-normalised units (std ~0.226)
 DEFAULT_LR = {("fourier", None): 0.05, ("pixel", None): 0.05, ("pixel", "multiscale"): 0.0226}
+#: how much of the upward gradient the objective's own ReLU passes where it is off (see redirect.leak_at)
+LEAK = 0.1
 #: how a pixel image starts (``Settings.pixel_start``)
 PIXEL_STARTS = {"grey": PixelImage.grey_noise, "uniform": PixelImage.uniform_noise}
 
@@ -174,6 +178,8 @@ def _step(subject: Any, module: nn.Module | None, objective: Objective, settings
     x = settings.transforms(image.image(), streams)
     with redirected_relus() if redirect else contextlib.nullcontext():
         out = forward_to(subject, module, x)
+    if redirect:
+        leak_at(out, LEAK)
     value = objective.paired(out)
     grads = torch.autograd.grad(value.sum(), image.leaves())
     with torch.no_grad():
