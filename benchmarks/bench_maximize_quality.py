@@ -48,9 +48,10 @@ STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 SOBEL = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])
 
 CNNAUDIT_METHODS = {
-    "default": {},
-    "fourier, no transforms": {"transforms": "none"},
-    "pixel": {"param": "pixel"},
+    "default (pixel)": {},
+    "pixel, no leak": {"leak": 0.0},  # the previous round's pixel mode: shows what the leak changes
+    "fourier": {"param": "fourier"},
+    "fourier, no transforms": {"param": "fourier", "transforms": "none"},
     "multiscale": {"param": "pixel", "schedule": "multiscale"},
 }
 
@@ -152,8 +153,16 @@ def score(unit: Unit, image: torch.Tensor) -> float:
 
 
 def run_cnnaudit(unit: Unit, steps: int, size: int, kwargs: dict) -> torch.Tensor:
-    subject = Subject(unit.model, device="cpu", cache=False)
-    vis = maximize(subject, unit.layer, [unit.channel], objective=unit.objective, steps=steps, size=size, **kwargs)
+    """``maximize`` with ``kwargs``; ``leak`` (not an argument of ``maximize``) overrides ``loop.LEAK``."""
+    from cnnaudit.maximize import loop
+
+    kwargs = dict(kwargs)
+    default_leak, loop.LEAK = loop.LEAK, kwargs.pop("leak", loop.LEAK)
+    try:
+        subject = Subject(unit.model, device="cpu", cache=False)
+        vis = maximize(subject, unit.layer, [unit.channel], objective=unit.objective, steps=steps, size=size, **kwargs)
+    finally:
+        loop.LEAK = default_leak
     return vis.images
 
 
@@ -219,7 +228,7 @@ def measure_quality(steps: int = 128, size: int = 64, per_layer: int = 8, peers:
             values[name] = score(unit, image)
         best = max(values.values())
         rows.append({
-            "family": unit.family, "unit": unit.name, "optimum": unit.optimum, "best": best,
+            "family": unit.family, "unit": unit.name, "optimum": unit.optimum, "best": round(best, 5),
             "value": {m: round(v, 5) for m, v in values.items()},
             "fraction_of_best": {m: round(v / best, 3) if best > 0 else None for m, v in values.items()},
             "fraction_of_optimum": {m: round(v / unit.optimum, 3) for m, v in values.items()} if unit.optimum else None,

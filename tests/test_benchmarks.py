@@ -36,3 +36,24 @@ def test_benchmark_command_writes_every_figure_of_the_sections_that_need_no_peer
     big = recording["big_image"]
     assert big["side"] == 1500 and big["image_files"]["files"] == 2 * 2  # one overlay, one extreme: image + thumbnail
     assert big["recorded"]["max_rss_mb"] > 0 and big["plain"]["wall_s"] > 0
+
+
+def test_maximisation_quality_benchmark_scores_every_method_on_every_unit(tmp_path):
+    """``bench_maximize_quality.py`` at toy settings, without the peers (the ``bench`` extra)."""
+    run = subprocess.run(
+        [sys.executable, "benchmarks/bench_maximize_quality.py", "--steps", "2", "--size", "32", "--units", "1",
+         "--no-peers", "--threads", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    figures = json.loads(run.stdout)
+    methods = figures["methods"]
+    assert methods[0] == "default (pixel)" and "Lucent defaults" not in methods
+    assert [u["unit"] for u in figures["units"]][:4] == ["red", "blue", "edge", "pattern"] and len(figures["units"]) == 4 + 4
+    for unit in figures["units"]:
+        assert unit["best"] == max(unit["value"].values())
+        if unit["best"] > 0:
+            assert max(unit["fraction_of_best"].values()) == 1.0
+        if unit["optimum"]:  # no image beats the known optimum
+            assert all(value <= unit["optimum"] + 1e-5 for value in unit["value"].values())
+    assert set(figures["summary"]) == {"known optimum", "random resnet18", "trained demo CNN"}

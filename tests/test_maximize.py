@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,7 +14,7 @@ from cnnaudit import ImageSet, Subject, evidence
 from cnnaudit.maximize import Liveness, Transforms, Visualizations, high_frequency_energy, maximize
 from cnnaudit.maximize.loop import multiscale_sizes
 from cnnaudit.maximize.objectives import build
-from cnnaudit.maximize.param import COLOR_DECORRELATION, FourierImage
+from cnnaudit.maximize.param import COLOR_DECORRELATION, DC_BOOST, FourierImage
 from cnnaudit.maximize.redirect import redirected_relus
 from cnnaudit.maximize.rng import unit_generators
 from cnnaudit.maximize.stats import high_frequency_share
@@ -289,6 +290,21 @@ def test_batched_run_is_bit_identical_in_float64(tiny_cnn: nn.Module) -> None:
         assert torch.equal(maximize(subject, "features.2", [channel], steps=6, size=24).images[0], batched.images[k])
 
 
+def test_float32_batching_moves_the_achieved_values_by_at_most_two_percent() -> None:
+    """The stated bound (docs/performance.md). In float32 a convolution rounds differently for batch
+    sizes 16 and 1, and 64 steps of normalised ascent with clamping can amplify that into another,
+    equally good local optimum for a few units (SSIM down to 0.89 on a random resnet18); what a unit
+    achieves stays within 2% (measured: 0.15% here, 1.0% on resnet18 layer2.0.conv1)."""
+    from cnnaudit import demo
+
+    model = demo.shipped_model("clean")
+    batched = maximize(subject_of(model, batch_size=16), "features.relu4", range(16), steps=64, size=64)
+    single = maximize(subject_of(model, batch_size=1), "features.relu4", range(16), steps=64, size=64)
+    assert (batched.achieved > 0).all()
+    assert np.abs(batched.achieved - single.achieved).max() <= 0.02 * np.abs(single.achieved).max()
+    assert (np.abs(batched.achieved - single.achieved) <= 0.02 * np.abs(single.achieved)).all()
+
+
 def test_same_seed_reproduces_other_seed_differs(tiny_cnn: nn.Module) -> None:
     subject = subject_of(tiny_cnn)
     first = maximize(subject, "features.2", [1, 4], steps=5, size=24, seed=7)
@@ -382,6 +398,17 @@ def test_relative_to_divides_by_the_best_real_image() -> None:
     assert relative.name == "relative_activation" and relative.ids == ["channel 0", "channel 1"]
 
 
+def test_a_neuron_is_compared_with_the_best_real_patch() -> None:
+    """The pattern neuron at the centre of a 16x16 map: a real image holding the pattern away from the
+    centre offers the same filter 0.5 at another position, which is the reference (not the centre's 0)."""
+    model, pattern = pattern_model()
+    vis = maximize(subject_of(model), "1", [0], objective="neuron", steps=8, size=16)
+    real = torch.full((1, 3, 16, 16), 0.5)
+    real[0, :, 1:4, 2:5] = pattern  # centred at (2, 3), far from the map centre (8, 8)
+    assert vis.relative_to(real).values[0] == pytest.approx(vis.achieved[0] / 0.5)
+    assert vis.liveness(images=real)[0].best == pytest.approx(max(0.5, vis.achieved[0]))
+
+
 def test_class_check_asks_the_model_itself() -> None:
     """Class 'red' = R - G, class 'also red' = 2 (R - G): maximising 'red' gives a red image that the
     model calls 'also red', so the check must fail there."""
@@ -458,6 +485,10 @@ def test_fourier_image_and_multiscale_schedule() -> None:
     with torch.no_grad():
         image.spectrum.zero_()
     assert torch.equal(image.image(), torch.full((2, 3, 16, 16), 0.5))
+    with torch.no_grad():  # the constant term, boosted, moves the mean colour: s_00 -> 16 * 16 * s_00 / (16 * 4)
+        image.spectrum[:, 0, 0, 0, 0] = 0.25
+    logit = torch.logit(image.image()[0, :, 0, 0].double())
+    assert torch.allclose(logit, COLOR_DECORRELATION[:, 0].double() * DC_BOOST * 0.25 / 4, atol=1e-6)
     assert multiscale_sizes(224, 256) == [round(224 / 1.2**j) for j in range(12, -1, -1)]
     assert multiscale_sizes(24, 256) == [17, 20, 24] and multiscale_sizes(128, 3) == [89, 107, 128]
 

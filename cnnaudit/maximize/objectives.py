@@ -3,7 +3,9 @@
 Every objective has two readings of the same formula:
 
 * ``paired(out)``  — image ``k`` scored on unit ``k`` (the optimisation batch), shape ``(K,)``;
-* ``matrix(out)``  — every image scored on every unit (real images for ``relative_to``), ``(M, K)``.
+* ``matrix(out)``  — every image scored on every unit, ``(M, K)``;
+* ``reference(out)`` — what a real image offers each unit (``relative_to``, ``liveness``): ``matrix``,
+  but a neuron at the strongest position of its channel (the best real patch).
 
 Formulas, with ``a`` the layer output of one image (``(C,h,w)`` or ``(C,)``):
 
@@ -65,6 +67,18 @@ class Objective:
             d = self.directions.to(out.device, out.dtype)
             return _spatial_mean(torch.einsum("mc...,kc->mk...", out, d), 2)
         return self._reduce(out[:, list(self.units)], 2)
+
+    def reference(self, out: torch.Tensor) -> torch.Tensor:
+        """What a real image offers each unit, ``(M, K)``: :meth:`matrix`, except that a neuron is
+        measured at the strongest position of its channel (the best real patch: a neuron sees a patch,
+        and the same filter at another position is the same unit on a shifted image)."""
+        if self.kind != "neuron":
+            return self.matrix(out)
+        selected = out[:, list(self.units)]
+        if selected.ndim != 4:
+            raise ValueError("the neuron objective needs a layer with a spatial (N,C,h,w) output; "
+                             "use objective='channel' for a (N,C) output")
+        return selected.flatten(start_dim=2).amax(dim=2)
 
     def _reduce(self, selected: torch.Tensor, batch_dims: int) -> torch.Tensor:
         if self.kind == "neuron":

@@ -5,8 +5,15 @@
   each update.
 * :class:`FourierImage` — Olah et al. 2017 (Lucid ``param.image(fft=True, decorrelate=True)``):
   a spectrum ``s`` (initialised ``N(0, 0.01^2)``) scaled by ``1 / max(f, 1/S)`` per frequency ``f``
-  (cycles/pixel), ``t = irfft2(scale * s, norm="ortho") / 4``, colours decorrelated by the square
-  root of ImageNet's colour covariance ``rgb = M t``, and ``image = sigmoid(rgb)``.
+  (cycles/pixel), the constant term (``f = 0``) by :data:`DC_BOOST` times that,
+  ``t = irfft2(scale * s, norm="ortho") / 4``, colours decorrelated by the square root of ImageNet's
+  colour covariance ``rgb = M t``, and ``image = sigmoid(rgb)``.
+
+  Why the boost: with Lucid's scale an Adam step of ``lr`` on the constant term moves every
+  pre-sigmoid value by ``lr * S / (S * 4) = lr / 4``, and the sigmoid's slope is at most ``1/4``, so the
+  image's mean colour moves ``lr / 16`` per step while pixel mode moves a pixel by ``lr``: a unit that
+  wants a colour (``relu(r - g - b)``) reached 0.19 of its optimum in 128 steps. Boosted 16x, the
+  mean colour moves as fast as pixels do (0.97).
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+#: how much faster than Lucid's scale the constant (f = 0) Fourier term moves (see the module docstring)
+DC_BOOST = 16.0
 #: square root of ImageNet's colour covariance (Lucid), columns normalised by the largest column norm
 _COLOR_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
 COLOR_DECORRELATION = _COLOR_SQRT / _COLOR_SQRT.norm(dim=0).max()
@@ -64,7 +73,9 @@ class FourierImage:
         fx = torch.fft.rfftfreq(size)[None, :]
         freqs = torch.sqrt(fx * fx + fy * fy)
         self.size = size
-        self.scale = (1.0 / freqs.clamp(min=1.0 / size)).to(**placement)
+        scale = 1.0 / freqs.clamp(min=1.0 / size)
+        scale[0, 0] *= DC_BOOST
+        self.scale = scale.to(**placement)
         shape = (3, size, size // 2 + 1, 2)
         spectrum = torch.stack([torch.randn(shape, generator=g, dtype=torch.float32) * sd for g in generators])
         self.spectrum = spectrum.to(**placement).requires_grad_(True)

@@ -129,18 +129,23 @@ class Visualizations:
     def relative_to(self, images: Any) -> Scores:
         """``achieved / max over real images`` of the same objective, per unit; NaN where that max is ``<= 0``.
 
-        ``>= 1`` means the generated stimulus excites the unit at least as much as the best real image.
+        Like is compared with like: the real images go through the same preprocessing
+        (``subject.prepare``) and the same layer and objective as the optimised ones, without
+        transforms; a neuron is measured at its channel's strongest position in each real image
+        (the best real patch). ``>= 1`` means the generated stimulus excites the unit at least as
+        much as the best real image (patch).
         """
         best, _ = self._best_real(images)
         return self._scores(self.achieved / np.where(best > 0, best, np.nan), "relative_activation")
 
     def _best_real(self, images: Any) -> tuple[np.ndarray, list[str]]:
-        """Per unit, ``max_m J_k(image_m)`` over real ``images`` and the id of that image (``images.ids``, else its index)."""
+        """Per unit, ``max_m J_k(image_m)`` over real ``images`` (``Objective.reference``: a neuron at its best
+        patch) and the id of that image (``images.ids``, else its index)."""
         best, where = np.full(len(self), -np.inf), np.zeros(len(self), dtype=np.int64)
         with self.subject.audit(), torch.no_grad():
             for start, batch in iter_batches(images, getattr(self.subject, "batch_size", 32)):
                 out = forward_to(self.subject, self._module, batch.to(**placement(self.subject)))
-                values = self.objective.matrix(out).double().cpu().numpy()
+                values = self.objective.reference(out).double().cpu().numpy()
                 top = values.max(axis=0)
                 better = top > best
                 best[better], where[better] = top[better], start + values.argmax(axis=0)[better]
