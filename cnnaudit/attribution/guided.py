@@ -1,11 +1,10 @@
 """Guided backpropagation, deconvnet and guided Grad-CAM.
 
-The rectifier rules replace the backward pass of *every* ReLU, however the model applies it:
-``nn.ReLU`` (also ``inplace=True``), ``F.relu``, ``torch.relu``, ``torch.relu_`` / ``F.relu_``
-and ``Tensor.relu`` / ``Tensor.relu_``. A ``torch.overrides.TorchFunctionMode`` active during the
-forward pass swaps each of these calls for an autograd function with the same forward value
-and the chosen backward rule, so no module is modified and no backward hook is used. With ``x``
-the ReLU input and ``g`` the gradient arriving from above:
+The rectifier rules replace the backward pass of *every* ReLU, however the model applies it
+(:class:`cnnaudit.relu_mode.ReLUMode`, shared with activation maximisation's redirected gradient:
+every spelling of a ReLU call is swapped for an autograd function with the same forward value and
+the chosen backward rule; no module is modified and no backward hook is used). With ``x`` the ReLU
+input and ``g`` the gradient arriving from above:
 
 * guided backprop (Springenberg et al. 2015): ``g_in = g * [x > 0] * [g > 0]``
 * deconvnet (Zeiler & Fergus 2014): ``g_in = relu(g)`` (the forward mask is ignored)
@@ -29,11 +28,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from cnnaudit import hooks
 from cnnaudit.attribution.cam import cam_batch
 from cnnaudit.attribution.targets import Target, select_scores
+from cnnaudit.relu_mode import ReLUMode
 
 if TYPE_CHECKING:
     from cnnaudit.subject import Subject
@@ -41,8 +40,6 @@ if TYPE_CHECKING:
 METHODS = ("guided_backprop", "deconvnet", "guided_gradcam")
 _RULES = {"guided_backprop": "guided", "deconvnet": "deconvnet", "guided_gradcam": "guided"}
 
-_RELU = {torch.relu, torch.Tensor.relu, F.relu}
-_RELU_INPLACE = {torch.relu_, torch.Tensor.relu_}
 _OTHER_ACTIVATIONS = {
     F.silu: "silu",
     F.gelu: "gelu",
@@ -66,39 +63,30 @@ class _RectifiedReLU(torch.autograd.Function):
     """ReLU forward; backward by the guided or deconvnet rule (module docstring)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, rule: str, inplace: bool) -> torch.Tensor:
-        if inplace:
-            out = x.clamp_(min=0)
-            ctx.mark_dirty(x)
-        else:
-            out = x.clamp(min=0)
+    def forward(ctx: Any, x: torch.Tensor, rule: str) -> torch.Tensor:
+        out = x.clamp(min=0)
         ctx.rule = rule
         ctx.save_for_backward(out)
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         positive = grad.clamp(min=0)
         if ctx.rule == "deconvnet":
-            return positive, None, None
+            return positive, None
         (out,) = ctx.saved_tensors
-        return positive * (out > 0), None, None
+        return positive * (out > 0), None
 
 
-class RectifierRule(TorchFunctionMode):
-    """While active, every ReLU call runs with the ``rule`` ("guided" or "deconvnet") backward."""
+class RectifierRule(ReLUMode):
+    """While active, every ReLU call runs with the ``rule`` ("guided" or "deconvnet") backward, and any
+    other rectifier-like activation is refused."""
 
     def __init__(self, rule: str) -> None:
-        super().__init__()
+        super().__init__(lambda x: _RectifiedReLU.apply(x, rule))
         self.rule = rule
-        self.relu_calls = 0
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in _RELU or func in _RELU_INPLACE:
-            self.relu_calls += 1
-            inplace = func in _RELU_INPLACE or bool(kwargs.get("inplace", False))
-            return _RectifiedReLU.apply(args[0], self.rule, inplace)
+    def other(self, func: Any, args: tuple, kwargs: dict) -> Any:
         if func in _OTHER_ACTIVATIONS:
             raise ValueError(
                 f"the model applies {_OTHER_ACTIVATIONS[func]}; guided backprop and deconvnet are defined for ReLU "

@@ -19,9 +19,8 @@ draws every position towards firing. For a map whose pre-activations sum to a co
 filter) this keeps the direction of the plain gradient; at the ReLUs inside the network the
 per-image rule stays, since drawing every position up there silences deeper units.
 
-:func:`redirected_relus` intercepts every ReLU call (``nn.ReLU``, ``F.relu``, ``torch.relu``,
-``Tensor.relu`` and their in-place forms) with a ``TorchFunctionMode``; the model and its hooks
-are not touched.
+:func:`redirected_relus` intercepts every ReLU call with :class:`cnnaudit.relu_mode.ReLUMode` (the
+mode guided backprop uses too); the model and its hooks are not touched.
 """
 
 from __future__ import annotations
@@ -29,11 +28,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 
-_OUT_OF_PLACE = {F.relu, torch.relu, torch.Tensor.relu}
-_IN_PLACE = {F.relu_, torch.relu_, torch.Tensor.relu_}
+from cnnaudit.relu_mode import ReLUMode
 
 
 class _RedirectedReLU(torch.autograd.Function):
@@ -58,17 +54,9 @@ class _RedirectedReLU(torch.autograd.Function):
         return torch.where(redirect, grad, relu_grad)
 
 
-class redirected_relus(TorchFunctionMode):
+def redirected_relus() -> ReLUMode:
     """Context in which every ReLU has the redirected gradient (forward values unchanged)."""
-
-    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        kwargs = kwargs or {}
-        if func not in _OUT_OF_PLACE and func not in _IN_PLACE:
-            return func(*args, **kwargs)
-        x = args[0]
-        y = _RedirectedReLU.apply(x)
-        inplace = func in _IN_PLACE or kwargs.get("inplace", False) or (len(args) > 1 and args[1])
-        return x.copy_(y) if inplace else y
+    return ReLUMode(_RedirectedReLU.apply)
 
 
 def leak_at(output: torch.Tensor, leak: float) -> bool:
