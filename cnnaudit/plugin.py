@@ -1,6 +1,10 @@
 """The cnnaudit pytest plugin: options, fixtures and hooks. The work is done in ``cnnaudit.session``.
 
-Registered through the ``pytest11`` entry point. Importing it imports neither torch nor numpy.
+Registered through the ``pytest11`` entry point. Importing it imports neither torch nor numpy. The
+module itself holds the options, the fixtures and the header; the per-test hooks live on
+:class:`_Recording`, registered only when the run records something, and the outputs on
+:class:`_Collector`, registered on the controller of such a run. A run that records nothing costs
+what plain pytest costs.
 """
 
 from __future__ import annotations
@@ -58,8 +62,10 @@ def pytest_configure(config: pytest.Config) -> None:
     except ValueError as error:
         raise pytest.UsageError(f"cnnaudit: {error}") from None
     config.stash[_SESSION] = session
-    if session.controller and settings.recording:
-        config.pluginmanager.register(_Collector(session), "cnnaudit-collector")
+    if settings.recording:
+        config.pluginmanager.register(_Recording(session), "cnnaudit-recording")
+        if session.controller:
+            config.pluginmanager.register(_Collector(session), "cnnaudit-collector")
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -84,61 +90,55 @@ def _runs_on_workers(config: pytest.Config) -> bool:
     return bool(getattr(config.option, "dist", "no") != "no" and getattr(config.option, "numprocesses", None))
 
 
-@contextlib.contextmanager
-def _recording(item: pytest.Item) -> Iterator[None]:
-    recorder = item.stash.get(_RECORDER, None)
-    if recorder is None:
-        yield
-    else:
-        with _evidence.recording(recorder):
-            yield
+class _Recording:
+    """Registered on every process (controller and xdist workers) only when the run records: opens a
+    recorder around each test, keeps fixtures shared between tests out of any test's evidence, notes
+    failed numeric comparisons, and hands each test's evidence to its report (the pytest-mpl way: a run
+    that records nothing has none of these hooks)."""
 
+    def __init__(self, session: AuditSession) -> None:
+        self.session = session
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
-    recorder = item.config.stash[_SESSION].recorder(item.nodeid)
-    if recorder is not None:
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> Iterator[None]:
+        recorder = self.session.recorder(item.nodeid)
         item.stash[_RECORDER] = recorder
-    with _recording(item):
-        return (yield)
+        with _evidence.recording(recorder):
+            return (yield)
 
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Iterator[None]:
+        with _evidence.recording(item.stash[_RECORDER]):  # set by our setup, which ran: the call runs only after it
+            return (yield)
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
-    with _recording(item):
-        return (yield)
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> Iterator[Any]:
+        """Objects built by fixtures shared between tests are not evidence of the first test that asked."""
+        if fixturedef.scope == "function":
+            return (yield)
+        with _evidence.paused():
+            return (yield)
 
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+        recorder = item.stash.get(_RECORDER, None)
+        last_phase = call.when == "call" or (call.when == "setup" and call.excinfo is not None)
+        if recorder is None or not last_phase:
+            return (yield)
+        from cnnaudit.records import junit_properties
 
-@pytest.hookimpl(wrapper=True)
-def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> Iterator[Any]:
-    """Objects built by fixtures shared between tests are not evidence of the first test that asked."""
-    if fixturedef.scope == "function":
-        return (yield)
-    with _evidence.paused():
-        return (yield)
+        payload = self.session.finish_test(recorder)
+        del item.stash[_RECORDER]  # items live as long as the session: keep no evidence objects on them
+        item.user_properties.extend(junit_properties(payload))
+        report = yield
+        report.cnnaudit = payload  # travels with the report to the xdist controller
+        return report
 
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
-    recorder = item.stash.get(_RECORDER, None)
-    last_phase = call.when == "call" or (call.when == "setup" and call.excinfo is not None)
-    if recorder is None or not last_phase:
-        return (yield)
-    from cnnaudit.records import junit_properties
-
-    payload = item.config.stash[_SESSION].finish_test(recorder)
-    del item.stash[_RECORDER]  # items live as long as the session: keep no evidence objects on them
-    item.user_properties.extend(junit_properties(payload))
-    report = yield
-    report.cnnaudit = payload  # travels with the report to the xdist controller
-    return report
-
-
-def pytest_assertrepr_compare(config: pytest.Config, op: str, left: Any, right: Any) -> None:
-    """Note failed numeric comparisons so the report can mark the threshold a Scores missed."""
-    recorder = _evidence.current()
-    if recorder is not None and hasattr(recorder, "compared"):
-        recorder.compared(op, left, right)
+    def pytest_assertrepr_compare(self, config: pytest.Config, op: str, left: Any, right: Any) -> None:
+        """Note failed numeric comparisons so the report can mark the threshold a Scores missed."""
+        recorder = _evidence.current()
+        if recorder is not None and hasattr(recorder, "compared"):
+            recorder.compared(op, left, right)
 
 
 class _Collector:

@@ -158,11 +158,9 @@ class AuditSession:
 
     # ---- recording (every process) ------------------------------------------------------------------
     def recorder(self, nodeid: str) -> Any:
-        """A fresh recorder for test ``nodeid`` (``None`` when the run records nothing)."""
+        """A fresh recorder for test ``nodeid`` (the plugin asks only when the run records)."""
         from cnnaudit.records import EvidenceRecorder
 
-        if not self.settings.recording:
-            return None
         return EvidenceRecorder(nodeid, self.settings.run_images, index=self.order.get(nodeid, -1), device=self.device)
 
     def finish_test(self, recorder: Any) -> dict:

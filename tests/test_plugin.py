@@ -109,6 +109,19 @@ def test_collecting_only_leaves_the_last_report_alone(pytester: pytest.Pytester)
     assert sorted(p.relative_to(pytester.path) for p in (pytester.path / "report_files").rglob("*")) == images
 
 
+def test_the_per_test_hooks_are_registered_only_when_the_run_records(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_a="""
+def test_which(request):
+    manager = request.config.pluginmanager
+    print("PLUGINS", manager.has_plugin("cnnaudit-recording"), manager.has_plugin("cnnaudit-collector"))
+""")
+    run(pytester, "-s").stdout.fnmatch_lines(["*PLUGINS False False*"])  # plain pytest: no per-test hooks at all
+    run(pytester, "-s", "--cnnaudit-json=r.json").stdout.fnmatch_lines(["*PLUGINS True True*"])
+    workers = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s", "-n", "1", "--cnnaudit-json=w.json")
+    workers.assert_outcomes(passed=1)
+    assert load(pytester.path / "w.json")["tests"][0]["evidence"] is not None  # the worker recorded
+
+
 def test_options_are_listed_in_one_group(pytester: pytest.Pytester) -> None:
     result = run(pytester, "--help")
     text = result.stdout.str()
