@@ -10,12 +10,17 @@
 * Gradients come only from :func:`gradient` (``torch.autograd.grad``): no module backward hooks,
   no ``.backward()``, so no parameter's ``.grad`` is ever written.
 * Hooks are removed in ``finally``, also when the model raises.
+
+Every forward hook cnnaudit registers goes through :func:`observing`: :func:`record` (the maps'
+activations), :func:`first_output` (activation maximisation: the pass stops at its layer) and
+``layers.probe`` (the layer inventory).
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Mapping, Sequence
+import functools
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -43,18 +48,37 @@ class Recording:
             outputs.clear()
 
 
-def _recording_hook(recording: Recording, name: str, start_graph: bool):
-    def hook(module: nn.Module, inputs: tuple, output: object) -> torch.Tensor:
-        if not isinstance(output, torch.Tensor):
-            raise TypeError(
-                f"layer {name!r} ({type(module).__name__}) returned {type(output).__name__}, not a tensor; "
-                "pick a layer whose output is a single tensor, see subject.layers()"
-            )
-        recorded = output.detach().requires_grad_() if start_graph else output
-        recording._add(name, recorded)
-        return recorded.clone()
+Observer = Callable[[str, nn.Module, tuple, object], object]
+"""``observe(name, module, inputs, output)``: returns ``None`` to leave the output, or its replacement."""
 
-    return hook
+
+@contextlib.contextmanager
+def observing(modules: Mapping[str, nn.Module], observe: Observer) -> Iterator[None]:
+    """Call ``observe`` after every call of one of ``modules`` (name -> module) inside the block.
+
+    The hooks are removed when the block exits, normally or by an exception (also one ``observe`` raised).
+    """
+    handles = []
+    try:
+        for name, module in modules.items():
+            handles.append(module.register_forward_hook(functools.partial(_observe, observe, name)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _observe(observe: Observer, name: str, module: nn.Module, inputs: tuple, output: object) -> object:
+    return observe(name, module, inputs, output)
+
+
+def _tensor_output(what: str, module: nn.Module, output: object) -> torch.Tensor:
+    if not isinstance(output, torch.Tensor):
+        raise TypeError(
+            f"{what} ({type(module).__name__}) returned {type(output).__name__}, not a tensor; "
+            "pick a layer whose output is a single tensor, see subject.layers()"
+        )
+    return output
 
 
 @contextlib.contextmanager
@@ -65,14 +89,41 @@ def record(modules: Mapping[str, nn.Module], *, start_graph: bool = False) -> It
     module docstring). The hooks are removed when the block exits, normally or by an exception.
     """
     recording = Recording(list(modules))
-    handles = []
-    try:
-        for name, module in modules.items():
-            handles.append(module.register_forward_hook(_recording_hook(recording, name, start_graph)))
+
+    def keep(name: str, module: nn.Module, inputs: tuple, output: object) -> torch.Tensor:
+        output = _tensor_output(f"layer {name!r}", module, output)
+        recorded = output.detach().requires_grad_() if start_graph else output
+        recording._add(name, recorded)
+        return recorded.clone()
+
+    with observing(modules, keep):
         yield recording
-    finally:
-        for handle in handles:
-            handle.remove()
+
+
+class _Reached(Exception):
+    """Raised by :func:`first_output`'s hook once its module has produced its output."""
+
+
+def first_output(module: nn.Module, run: Callable[[], object], name: str = "the target layer") -> torch.Tensor:
+    """The output of ``module``'s first call during ``run()``; the forward pass stops right there.
+
+    ``ValueError`` if ``module`` is not called, ``TypeError`` if its output is not a tensor (``name``
+    says which layer in both messages).
+    """
+    reached: list[torch.Tensor] = []
+
+    def stop(_: str, module: nn.Module, inputs: tuple, output: object) -> None:
+        reached.append(_tensor_output(name, module, output))
+        raise _Reached
+
+    try:
+        with observing({name: module}, stop):
+            run()
+    except _Reached:
+        pass
+    if not reached:
+        raise ValueError(f"{name} was not called in the model's forward pass; see subject.layers()")
+    return reached[0]
 
 
 def gradient(

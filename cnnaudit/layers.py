@@ -15,6 +15,8 @@ from typing import Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
+from cnnaudit import hooks
+
 _ADAPTIVE_POOLING = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 _POOLING = (nn.modules.pooling._AvgPoolNd, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._LPPoolNd)
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -112,23 +114,12 @@ def probe(model: nn.Module, probe_input: torch.Tensor) -> list[_Event]:
     The hooks are removed in ``finally``; exceptions from the model propagate unchanged.
     """
     events: list[_Event] = []
-    handles = []
 
-    def make_hook(name: str):
-        def hook(module: nn.Module, inputs: tuple, output: object) -> None:
-            events.append(_Event(name, module, _shape(inputs[0]) if inputs else None, _shape(output)))
+    def note(name: str, module: nn.Module, inputs: tuple, output: object) -> None:
+        events.append(_Event(name, module, _shape(inputs[0]) if inputs else None, _shape(output)))
 
-        return hook
-
-    try:
-        for name, module in model.named_modules():
-            if name:
-                handles.append(module.register_forward_hook(make_hook(name)))
-        with torch.no_grad():
-            model(probe_input)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with hooks.observing({name: module for name, module in model.named_modules() if name}, note), torch.no_grad():
+        model(probe_input)
     return events
 
 

@@ -173,3 +173,24 @@ def test_a_layer_off_the_path_and_a_non_differentiable_callable_get_their_own_me
     with pytest.raises(ValueError, match=r"not a differentiable function of the model output.*no argmax"):
         explain("relu", lambda out: (out.argmax(1) == 1).float())
     explain("relu", lambda out: out[:, 1])  # the same layer with a differentiable callable works
+
+
+def test_first_output_stops_the_pass_at_its_layer_and_leaves_no_hook(tiny_cnn, images16):
+    calls = []
+    last = list(tiny_cnn.modules())[-1]
+    handle = last.register_forward_hook(lambda *_: calls.append(None))
+    try:
+        out = hooks.first_output(tiny_cnn.features[2], lambda: tiny_cnn(images16))
+        assert calls == []  # the pass stopped at features.2: the model's last module never ran
+        with torch.no_grad():
+            assert torch.allclose(out, tiny_cnn.features[:3](images16))
+    finally:
+        handle.remove()
+    assert hook_count(tiny_cnn) == 0
+    unused = nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="layer 'spare' was not called in the model's forward pass"):
+        hooks.first_output(unused, lambda: tiny_cnn(images16), name="layer 'spare'")
+    assert hook_count(unused) == 0
+    with pytest.raises(RuntimeError, match="boom"):
+        hooks.first_output(tiny_cnn.features[2], lambda: (_ for _ in ()).throw(RuntimeError("boom")))
+    assert hook_count(tiny_cnn) == 0

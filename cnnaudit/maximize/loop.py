@@ -26,6 +26,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from cnnaudit import hooks
 from cnnaudit.maximize.objectives import Objective
 from cnnaudit.maximize.param import FourierImage, PixelImage
 from cnnaudit.maximize.redirect import leak_at, redirected_relus
@@ -59,36 +60,12 @@ class Settings:
     pixel_start: str = "grey"  #: a key of :data:`PIXEL_STARTS` (pixel parameterisation only)
 
 
-class _Captured(Exception):
-    """Raised by the capture hook once the target layer has produced its output."""
-
-
 def forward_to(subject: Any, module: nn.Module | None, images: torch.Tensor) -> torch.Tensor:
-    """The output of ``module`` (its first call) for ``images`` in ``[0,1]``; the model stops there.
-
-    ``module=None`` means the model's logits (``subject.logits``). The capture hook raises
-    ``_Captured`` right after recording, and is removed in ``finally``.
-    """
+    """The output of ``module`` (its first call) for ``images`` in ``[0,1]``; the model stops there
+    (:func:`cnnaudit.hooks.first_output`). ``module=None`` means the model's logits (``subject.logits``)."""
     if module is None:
         return subject.logits(images)
-    captured: list[Any] = []
-
-    def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-        captured.append(output)
-        raise _Captured
-
-    handle = module.register_forward_hook(hook)
-    try:
-        subject.model(subject.prepare(images))
-    except _Captured:
-        pass
-    finally:
-        handle.remove()
-    if not captured:
-        raise RuntimeError("the target layer was not called in the model's forward pass")
-    if not isinstance(captured[0], torch.Tensor):
-        raise ValueError(f"the target layer returned {type(captured[0]).__name__}, not a tensor; choose a layer with a tensor output")
-    return captured[0]
+    return hooks.first_output(module, lambda: subject.model(subject.prepare(images)))
 
 
 def placement(subject: Any) -> dict:
