@@ -234,10 +234,6 @@ class ImageSet:
         return GroupColumn(self._groups[name], name)
 
     @property
-    def groups(self) -> list[str]:
-        return sorted(self._groups)
-
-    @property
     def region_names(self) -> list[str]:
         return sorted(self._regions)
 

@@ -32,7 +32,7 @@ def worker_index(worker_id: str | None) -> int:
     return int(match.group(1)) if match else 0
 
 
-def resolve_device(
+def device_name(
     spec: str,
     *,
     cuda_available: bool,
@@ -68,12 +68,12 @@ def resolve_device(
 
 
 def torch_device(spec: str, worker_id: str | None = None, *, option: str = CLI_OPTION) -> Any:
-    """``torch.device`` for ``spec`` in this process (see :func:`resolve_device`); ``worker_id`` as xdist names it."""
+    """``torch.device`` for ``spec`` in this process (see :func:`device_name`); ``worker_id`` as xdist names it."""
     import torch
 
     available = torch.cuda.is_available()
     return torch.device(
-        resolve_device(
+        device_name(
             spec,
             cuda_available=available,
             device_count=torch.cuda.device_count() if available else 0,

@@ -43,10 +43,6 @@ class Recording:
             raise ValueError(f"layer {name!r} {why}; pick a layer that runs exactly once per forward pass, see subject.layers()")
         return outputs[0]
 
-    def clear(self) -> None:
-        for outputs in self._outputs.values():
-            outputs.clear()
-
 
 Observer = Callable[[str, nn.Module, tuple, object], object]
 """``observe(name, module, inputs, output)``: returns ``None`` to leave the output, or its replacement."""

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import pytest
 
 from cnnaudit import evidence as _evidence
-from cnnaudit.session import AuditSession, Settings, pick, settings_from
+from cnnaudit.session import AuditSession, RunOptions, pick, settings_from
 
 _OPTIONS = {
     "report": ("PATH", "write the HTML report with the evidence behind every verdict to PATH"),
@@ -45,7 +45,7 @@ def pytest_configure(config: pytest.Config) -> None:
     workerinput = getattr(config, "workerinput", None)
     try:
         if workerinput is not None and "cnnaudit" in workerinput:
-            settings = Settings.from_plain(workerinput["cnnaudit"])
+            settings = RunOptions.from_plain(workerinput["cnnaudit"])
         else:
             ini_dir = config.inipath.parent if config.inipath else None
             here = config.invocation_params.dir
@@ -55,7 +55,7 @@ def pytest_configure(config: pytest.Config) -> None:
             }
             settings = settings_from(values, junit=bool(config.getoption("xmlpath", None)))
             if any(config.getoption(name, False) for name in _NOT_RUNNING):
-                settings = Settings(device=settings.device)
+                settings = RunOptions(device=settings.device)
         session = AuditSession(settings, controller=workerinput is None, worker_id=(workerinput or {}).get("workerid"))
         if session.controller:
             session.claim_image_folder()

@@ -28,7 +28,7 @@ CHECKPOINT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
-class Settings:
+class RunOptions:
     """The resolved options (absolute paths)."""
 
     report: Path | None = None
@@ -45,7 +45,7 @@ class Settings:
         return {f.name: str(v) if isinstance(v, Path) else v for f in fields(self) for v in [getattr(self, f.name)]}
 
     @classmethod
-    def from_plain(cls, plain: dict[str, Any]) -> Settings:
+    def from_plain(cls, plain: dict[str, Any]) -> RunOptions:
         """Inverse of :meth:`to_plain`."""
         paths = {f.name for f in fields(cls) if f.name not in ("device", "junit")}
         return cls(**{k: Path(v) if k in paths and v is not None else v for k, v in plain.items()})
@@ -71,8 +71,8 @@ def pick(command_line: str | None, ini: str | None, invocation_dir: Path, ini_di
     return None, invocation_dir
 
 
-def settings_from(values: dict[str, tuple[str | None, Path]], junit: bool) -> Settings:
-    """``Settings`` from ``{name: (value, base_dir)}`` as :func:`pick` returns them; ``ValueError`` on a bad device."""
+def settings_from(values: dict[str, tuple[str | None, Path]], junit: bool) -> RunOptions:
+    """``RunOptions`` from ``{name: (value, base_dir)}`` as :func:`pick` returns them; ``ValueError`` on a bad device."""
 
     def path(name: str) -> Path | None:
         value, base = values[name]
@@ -80,7 +80,7 @@ def settings_from(values: dict[str, tuple[str | None, Path]], junit: bool) -> Se
 
     device = values["device"][0] or "auto"
     check_device_option(device)
-    return Settings(
+    return RunOptions(
         report=path("report"),
         json=path("json"),
         device=device,
@@ -93,7 +93,7 @@ def settings_from(values: dict[str, tuple[str | None, Path]], junit: bool) -> Se
 class AuditSession:
     """The run's state in one process (a worker records; the controller also collects and writes)."""
 
-    def __init__(self, settings: Settings, *, controller: bool, worker_id: str | None) -> None:
+    def __init__(self, settings: RunOptions, *, controller: bool, worker_id: str | None) -> None:
         if settings.save_baseline:
             check_writable(settings.save_baseline)  # at the start, not after the whole run
         self.settings = settings

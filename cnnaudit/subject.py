@@ -33,7 +33,7 @@ from cnnaudit.heatmaps import Heatmaps
 from cnnaudit.images import as_batch, check_value_range, iter_batches, value_range
 
 if TYPE_CHECKING:
-    from cnnaudit.maximize import Transforms, Visualizations
+    from cnnaudit.maximize import Visualizations
 
 logger = logging.getLogger("cnnaudit")
 
@@ -49,7 +49,7 @@ BatchWork = Callable[[torch.Tensor, int, int], "tuple[torch.Tensor, torch.Tensor
 def resolve_device(device: str | torch.device) -> torch.device:
     """``auto`` (a GPU when available, else CPU), ``cpu``, ``cuda`` (the current CUDA device) or ``cuda:N``, checked to exist.
 
-    The same resolver as ``--cnnaudit-device`` (:func:`cnnaudit.environment.resolve_device`); a
+    The same resolver as ``--cnnaudit-device`` (:func:`cnnaudit.environment.device_name`); a
     ``torch.device`` is taken by its string (``torch.device("cuda", 1)`` is ``"cuda:1"``).
     """
     return environment.torch_device(str(device) if isinstance(device, torch.device) else device, option="device")
@@ -430,31 +430,13 @@ class Subject:
             ids=self._ids(images, count), subject=self,
         )
 
-    def maximize(
-        self,
-        layer: str | nn.Module | None,
-        channels: Any = "all",
-        *,
-        objective: str = "channel",
-        steps: int = 128,
-        size: int = 128,
-        seed: int = 0,
-        param: str = "pixel",
-        schedule: str | None = None,
-        lr: float | None = None,
-        transforms: Transforms | str | None = None,
-        redirect_steps: int | None = None,
-        offset: tuple[int, int] = (0, 0),
-        batch_size: int | None = None,
-    ) -> Visualizations:
-        """Activation maximisation: ``cnnaudit.maximize.maximize(self, ...)``, see there for every argument."""
+    def maximize(self, layer: str | nn.Module | None, channels: Any = "all", **settings: Any) -> Visualizations:
+        """Activation maximisation of this subject's units: ``cnnaudit.maximize.maximize(self, layer, channels,
+        **settings)``; every keyword (``objective``, ``steps``, ``size``, ``seed``, ``param``, ...) and its
+        default is that function's, declared there once."""
         from cnnaudit import maximize
 
-        return maximize.maximize(
-            self, layer, channels, objective=objective, steps=steps, size=size, seed=seed, param=param,
-            schedule=schedule, lr=lr, transforms=transforms, redirect_steps=redirect_steps, offset=offset,
-            batch_size=batch_size,
-        )
+        return maximize.maximize(self, layer, channels, **settings)
 
     # ---- batching -----------------------------------------------------------------------
     def _cached(self, what: tuple[str, str, str | None], target: Target, given: Any, compute: Callable[[], Cached]) -> Cached:

@@ -97,7 +97,7 @@ def make_linear_head_model() -> Callable[..., tuple[nn.Module, torch.Tensor]]:
 
 
 class SeedsConvFC(nn.Module):
-    """SEEDS.md 4: conv weight [[1,0],[1,2]] (no bias) -> O (2x2) -> [ReLU] -> FC [[0,1,0,1],[1,0,1,1]] (no bias)."""
+    """The hand-worked Grad-CAM example: conv weight [[1,0],[1,2]] (no bias) -> O (2x2) -> [ReLU] -> FC [[0,1,0,1],[1,0,1,1]] (no bias)."""
 
     def __init__(self, relu: bool = False) -> None:
         super().__init__()
@@ -117,7 +117,7 @@ SEEDS_X = torch.tensor([[1.0, 2.0, 3.0], [1.0, 1.0, 2.0], [2.0, 1.0, 2.0]])
 
 @pytest.fixture
 def seeds_x() -> torch.Tensor:
-    """SEEDS.md 4's input X (3x3)."""
+    """The hand-worked example's input X (3x3)."""
     return SEEDS_X.clone()
 
 

@@ -1,4 +1,4 @@
-"""CAM methods against hand-computed values (SEEDS.md section 4 and closed forms), and batching invariants."""
+"""CAM methods against hand-computed values (a worked Grad-CAM example and closed forms), and batching invariants."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def test_eigencam_rank_one_closed_form_and_sign(c, bias, expected):
 
 
 def test_seeds_gradcam_combination_example(make_linear_head_model):
-    """SEEDS.md 4: A^1, A^2 with alpha = (1/3, -2/3) give ReLU(...) = [[1/3,0,2/3],[0,1,0],[0,1/3,0]]."""
+    """The worked example: A^1, A^2 with alpha = (1/3, -2/3) give ReLU(...) = [[1/3,0,2/3],[0,1,0],[0,1/3,0]]."""
     A = [[[1, 0, 2], [3, 5, 0], [1, 1, 1]], [[0, 1, 0], [3, 1, 0], [1, 0, 1]]]
     G = [[[1 / 3] * 3] * 3, [[-2 / 3] * 3] * 3]  # constant gradients: their means are alpha
     model, image = make_linear_head_model(A, G, scale=5.0)

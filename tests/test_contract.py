@@ -1,7 +1,8 @@
-"""The public contract of DESIGN.md ("Public names"), end to end, and DESIGN.md's example audit run as code.
+"""The public contract (the user-facing names and behaviour the product promises), end to end, and the
+design's example audit run as code.
 
 Every check compares against an independent computation (plain autograd, numpy, a hand-computed
-value) or an invariant stated in DESIGN.md. The example audit runs on a model whose weights are
+value) or an invariant of the contract. The example audit runs on a model whose weights are
 set by hand so that the true answer is known: the "doctor" score reads red tools only, the "nurse"
 score blue tools only; a second, biased model's nurse score also reads (female-length) hair, and
 the same audit must fail on it.
@@ -495,7 +496,7 @@ def test_imageset_from_folder_reads_images_labels_regions_and_groups(tmp_path):
         assert torch.equal(tools[i], expected)
 
 
-# ---- DESIGN.md's example audit, run as code ----------------------------------------------------------
+# ---- the design's example audit, run as code ----------------------------------------------------------
 class Block(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -564,7 +565,7 @@ def audit_files(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def audit_subject(audit_files, cnnaudit_device):  # DESIGN.md's `subject` fixture
+def audit_subject(audit_files, cnnaudit_device):  # the design's `subject` fixture
     return make_subject(audit_files / "model.pt", cnnaudit_device)
 
 

@@ -67,7 +67,7 @@ def test_rules_match_hand_computation_for_every_way_of_calling_relu(relu, method
 
 
 def test_guided_gradcam_matches_hand_computation(make_linear_head_model):
-    """SEEDS A^1, A^2 (alpha = 1/3, -2/3) at scale 5. Guided backprop reaches image channel 0 as
+    """The worked example's A^1, A^2 (alpha = 1/3, -2/3) at scale 5. Guided backprop reaches image channel 0 as
     5 * relu(1/3) * [A^1 > 0] (channel 1's gradient -2/3 is blocked), so the map is 5/3 [A^1 > 0];
     times the Grad-CAM map [[1/3,0,2/3],[0,1,0],[0,1/3,0]] (same resolution: no upsampling)."""
     A = [[[1, 0, 2], [3, 5, 0], [1, 1, 1]], [[0, 1, 0], [3, 1, 0], [1, 0, 1]]]
@@ -83,7 +83,7 @@ def test_guided_gradcam_matches_hand_computation(make_linear_head_model):
 
 
 def test_seeds_gradient_example_with_identity_relu(seeds_subject):
-    """SEEDS conv + FC with a ReLU after the conv (O > 0, dy1/dO >= 0: nothing is blocked): guided
+    """The worked example's conv + FC with a ReLU after the conv (O > 0, dy1/dO >= 0: nothing is blocked): guided
     backprop equals dy1/dX = [[0,1,0],[0,2,2],[0,1,2]], times 3 for the preprocess x -> 3x."""
     subject, image = seeds_subject(relu=True)
     expected = 3 * torch.tensor([[0.0, 1.0, 0.0], [0.0, 2.0, 2.0], [0.0, 1.0, 2.0]])

@@ -14,7 +14,8 @@ from cnnaudit.layers import auto_layer, close_matches, layer_inventory, resolve_
 
 
 def test_resnet50_counts_match_the_extractor_article():
-    """SEEDS.md 2: "Total CNN Layers: 49, Sequential: 4, Downsampling: 4, Linear: 1, Blocks: 16".
+    """The layer-extraction article on ResNet-50 reports "Total CNN Layers: 49, Sequential: 4, Downsampling: 4,
+    Linear: 1, Blocks: 16".
     The article's 49 convolutions leave out the 4 in the downsample branches; we count all 53."""
     inventory = layer_inventory(torchvision.models.resnet50(weights=None).eval(), torch.zeros(1, 3, 32, 32))
     assert inventory.counts == {"conv": 49 + 4, "linear": 1, "sequential": 4, "blocks": 16, "downsample": 4}

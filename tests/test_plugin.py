@@ -24,7 +24,7 @@ import cnnaudit.render  # noqa: F401
 import cnnaudit.subject  # noqa: F401
 from cnnaudit import evidence
 from cnnaudit.baseline import Baseline, BaselineLookup, BaselineMissing, BaselineRecordingWarning, StoredScores, save
-from cnnaudit.environment import resolve_device, worker_index
+from cnnaudit.environment import device_name, worker_index
 from cnnaudit.records import QUANTILES, EvidenceRecorder
 from cnnaudit.scores import Scores
 
@@ -160,16 +160,16 @@ def test_cnnaudit_device_fixture(pytester: pytest.Pytester) -> None:
 
 def test_device_resolution_spreads_xdist_workers_over_gpus() -> None:
     assert [worker_index(w) for w in (None, "master", "gw0", "gw5")] == [0, 0, 0, 5]
-    assert resolve_device("auto", worker=3, cuda_available=False, device_count=0) == "cpu"
-    assert [resolve_device("auto", worker=w, cuda_available=True, device_count=2) for w in range(4)] == [
+    assert device_name("auto", worker=3, cuda_available=False, device_count=0) == "cpu"
+    assert [device_name("auto", worker=w, cuda_available=True, device_count=2) for w in range(4)] == [
         "cuda:0", "cuda:1", "cuda:0", "cuda:1"]
-    assert resolve_device("cuda", worker=5, cuda_available=True, device_count=4) == "cuda:1"
-    assert resolve_device("cuda:1", worker=0, cuda_available=True, device_count=2) == "cuda:1"
-    assert resolve_device("cpu", worker=0, cuda_available=True, device_count=2) == "cpu"
+    assert device_name("cuda", worker=5, cuda_available=True, device_count=4) == "cuda:1"
+    assert device_name("cuda:1", worker=0, cuda_available=True, device_count=2) == "cuda:1"
+    assert device_name("cpu", worker=0, cuda_available=True, device_count=2) == "cpu"
     with pytest.raises(ValueError, match=r"torch sees 2 GPU\(s\) \(cuda:0..cuda:1\)"):
-        resolve_device("cuda:2", worker=0, cuda_available=True, device_count=2)
+        device_name("cuda:2", worker=0, cuda_available=True, device_count=2)
     with pytest.raises(ValueError, match="CUDA is not available"):
-        resolve_device("cuda", worker=0, cuda_available=False, device_count=0)
+        device_name("cuda", worker=0, cuda_available=False, device_count=0)
 
 
 # ---- capture and report content ---------------------------------------------------------------------

@@ -46,10 +46,6 @@ class Target:
     function: ScoreFunction | None = None
     highest: int = -1
 
-    @property
-    def predicted(self) -> bool:
-        return self.indices is None and self.function is None
-
 
 def parse_target(target: Any, n_images: int, class_index: Callable[[int | str], int]) -> Target:
     """Validate ``target`` for ``n_images`` images before any forward pass (see the module docstring)."""
