@@ -178,7 +178,8 @@ class BaselineLookup:
 
 def recorded_scores(nodeid: str, key: str, scores: Any, subject: Any, environment: dict | None) -> StoredScores:
     """``scores`` as :func:`save` would store it and :class:`Baseline` read it back (summary, model, environment)."""
-    from cnnaudit.records import model_identity, summarize
+    from cnnaudit.records import model_identity
+    from cnnaudit.summaries import summarize
 
     summary = {**summarize(scores), "model": model_identity(subject)}
     stored = json.loads(json.dumps({k: summary[k] for k in _STORED}))  # the same JSON round trip as the file

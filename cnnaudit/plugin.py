@@ -125,7 +125,7 @@ class _Recording:
         last_phase = call.when == "call" or (call.when == "setup" and call.excinfo is not None)
         if recorder is None or not last_phase:
             return (yield)
-        from cnnaudit.records import junit_properties
+        from cnnaudit.summaries import junit_properties
 
         payload = self.session.finish_test(recorder)
         del item.stash[_RECORDER]  # items live as long as the session: keep no evidence objects on them

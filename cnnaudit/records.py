@@ -9,7 +9,8 @@ travels from xdist workers to the controller inside the test report).
 
 A ``Difference`` (``cnnaudit.compare``) is kept as it is and summarised at :meth:`finish`, so its
 interval and p-value are computed once, only when a run records, and reuse what the test already
-asked for.
+asked for. The summaries themselves (statistics, thresholds, histograms, JUnit properties) are
+:mod:`cnnaudit.summaries`; a model's identity is ``Subject.identity()``.
 
 Bounded per object and per test: the first :data:`OVERLAYS_PER_HEATMAPS` overlays of a
 ``Heatmaps``; the :data:`EXTREMES_PER_SCORES` lowest and highest images of a ``Scores`` with a
@@ -22,17 +23,26 @@ was downscaled from. An image no larger than its thumbnail is one file, used for
 
 from __future__ import annotations
 
-import json
 import math
 import operator
 import sys
-import weakref
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from cnnaudit.safe_text import digest, xml_text
+from cnnaudit.safe_text import digest
+from cnnaudit.summaries import (
+    MIRRORED,
+    delta,
+    difference_statistics,
+    histogram,
+    markers,
+    match_thresholds,
+    statistics,
+    summarize,
+    summarize_difference,
+)
 
 OVERLAYS_PER_HEATMAPS = 8
 EXTREMES_PER_SCORES = 4
@@ -42,10 +52,6 @@ THUMBNAIL_SIDE = 128
 EVIDENCE_SIDE = 1024
 """Longest side of a stored evidence image: what the report's lightbox shows on a screen."""
 GRID_THUMBNAIL_SIDE = 320
-QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
-HISTOGRAM_BINS = 20
-
-_MIRRORED = {"<": ">", ">": "<", "<=": ">=", ">=": "<=", "==": "==", "!=": "!="}
 _HOLDS = {"<": operator.lt, ">": operator.gt, "<=": operator.le, ">=": operator.ge, "==": operator.eq, "!=": operator.ne}
 
 
@@ -117,7 +123,7 @@ class EvidenceRecorder:
         Comparisons that hold are ignored: pytest explains every comparison of a failed
         ``assert x < a and y > b``, the ones that passed included.
         """
-        if op in _MIRRORED and _is_number(left) and _is_number(right) and math.isfinite(left) and math.isfinite(right):
+        if op in MIRRORED and _is_number(left) and _is_number(right) and math.isfinite(left) and math.isfinite(right):
             if not _HOLDS[op](float(left), float(right)):
                 self._comparisons.append((op, float(left), float(right)))
 
@@ -190,8 +196,8 @@ class EvidenceRecorder:
         summary.update(key=key, images=images, model=_identity_of_source(obj))
         summary["thresholds"] = match_thresholds(statistics(summary), self._comparisons)
         summary["baseline"] = baseline_entry(key)
-        summary["delta_mean"] = _delta(summary["mean"], (summary["baseline"] or {}).get("mean"))
-        summary["histogram"] = histogram(obj.values, _markers(summary))
+        summary["delta_mean"] = delta(summary["mean"], (summary["baseline"] or {}).get("mean"))
+        summary["histogram"] = histogram(obj.values, markers(summary))
         return summary
 
     # ---- observers ----------------------------------------------------------------------------
@@ -360,140 +366,7 @@ _OBSERVERS: dict[str, Callable[[EvidenceRecorder, Any], None]] = {
 }
 
 
-# ---- summaries --------------------------------------------------------------------------------
-def summarize(scores: Any) -> dict:
-    """``n``, ``n_undefined``, ``mean``, ``median``, ``min``, ``max``, ``ci`` and :data:`QUANTILES` of ``scores``.
-
-    Statistics are ``None`` when no value is defined.
-    """
-    values = np.asarray(scores.values, dtype=np.float64)
-    out: dict[str, Any] = {
-        "name": str(scores.name),
-        "unit": str(getattr(scores, "unit", "image")),
-        "n": int(scores.n),
-        "n_undefined": int(scores.n_undefined),
-        "mean": None, "median": None, "min": None, "max": None, "ci": None, "quantiles": {},
-    }
-    if np.isfinite(values).any():
-        interval = scores.ci()
-        out.update(
-            mean=_number(scores.mean()),
-            median=_number(scores.median()),
-            min=_number(scores.min()),
-            max=_number(scores.max()),
-            ci={"low": _number(interval.low), "high": _number(interval.high), "level": float(getattr(interval, "level", 0.95))},
-            quantiles={str(q): _number(scores.quantile(q)) for q in QUANTILES},
-        )
-    return out
-
-
-def statistics(summary: dict) -> dict[str, float]:
-    """The summary's statistics by the expression an audit would write, most commonly gated first."""
-    stats = {"mean()": summary["mean"]}
-    if summary["ci"]:
-        stats["ci().low"] = summary["ci"]["low"]
-        stats["ci().high"] = summary["ci"]["high"]
-    stats.update({f"{name}()": summary[name] for name in ("median", "min", "max")})
-    stats.update({f"quantile({q})": v for q, v in summary["quantiles"].items()})
-    return {name: value for name, value in stats.items() if value is not None}
-
-
-def summarize_difference(diff: Any) -> dict:
-    """``name``, ``paired``, ``mean``, ``ci`` (95%), ``p_value`` and per side ``{name, n, mean}`` of a ``Difference``.
-
-    Computes the interval and the p-value unless the audit already did (both are cached on ``diff``);
-    with fewer than two values on a side the interval is unbounded and the p-value undefined (``None``).
-    """
-    interval, sides = diff.ci(), getattr(diff, "sides", None) or (None, None)
-    p_value = diff.p_value if min(diff.a.size, diff.b.size) >= 2 else None
-
-    def side(values: np.ndarray, scores: Any) -> dict:
-        return {
-            "name": None if scores is None else str(scores.name),
-            "n": int(values.size),
-            "mean": _number(np.mean(values)) if values.size else None,
-        }
-
-    return {
-        "name": str(diff.name),
-        "paired": bool(diff.paired),
-        "mean": _number(diff.mean),
-        "ci": {"low": _number(interval.low), "high": _number(interval.high), "level": float(interval.level)},
-        "p_value": None if p_value is None else _number(p_value),
-        "a": side(diff.a, sides[0]),
-        "b": side(diff.b, sides[1]),
-    }
-
-
-def difference_statistics(summary: dict) -> dict[str, float]:
-    """A comparison's statistics by the expression an audit would write on it (``gap.mean``, ``abs(gap.mean)``…)."""
-    stats = {"mean": summary["mean"], "abs(mean)": None if summary["mean"] is None else abs(summary["mean"])}
-    stats.update({"p_value": summary["p_value"], "ci().low": summary["ci"]["low"], "ci().high": summary["ci"]["high"]})
-    return {name: value for name, value in stats.items() if value is not None}
-
-
-def match_thresholds(stats: dict[str, float], comparisons: list[tuple[str, float, float]]) -> list[dict]:
-    """Failed comparisons with one side exactly one of ``stats``: ``{stat, op, value, actual}``.
-
-    ``stats`` maps expressions to values (:func:`statistics`, :func:`difference_statistics`). The left
-    side is tried first (``assert s.mean() >= 0.5``), then the right one (``0.5 <= s.mean()`` becomes
-    ``mean() >= 0.5``); on each side the first equal statistic in ``stats`` order is taken (a mean
-    that equals the median is reported as the mean).
-    """
-    found = []
-    for op, left, right in comparisons:
-        for side, other, op_seen in ((left, right, op), (right, left, _MIRRORED[op])):
-            stat = next((name for name, value in stats.items() if value == side), None)
-            if stat is not None:
-                found.append({"stat": stat, "op": op_seen, "value": other, "actual": side})
-                break
-    return found
-
-
-def histogram(values: Any, markers: list[float]) -> dict | None:
-    """:data:`HISTOGRAM_BINS` equal bins over the defined values, widened to include ``markers``."""
-    finite = np.asarray(values, dtype=np.float64)
-    finite = finite[np.isfinite(finite)]
-    if finite.size == 0:
-        return None
-    low = min([float(finite.min())] + markers)
-    high = max([float(finite.max())] + markers)
-    if high - low < 1e-12:
-        low, high = low - 0.5, high + 0.5
-    counts, _ = np.histogram(finite, bins=HISTOGRAM_BINS, range=(low, high))
-    return {"low": low, "high": high, "counts": counts.tolist()}
-
-
-def junit_properties(evidence: dict) -> list[tuple[str, object]]:
-    """Each Scores' and each comparison's numbers as JUnit properties ``cnnaudit.<key>.<stat>`` (keys
-    made valid XML: pytest writes property names as they are)."""
-    props: list[tuple[str, object]] = []
-    for s in evidence["scores"]:
-        prefix = f"cnnaudit.{xml_text(s['key'])}"
-        props += [(f"{prefix}.n", s["n"]), (f"{prefix}.n_undefined", s["n_undefined"]), (f"{prefix}.mean", s["mean"])]
-        if s["ci"]:
-            props += [(f"{prefix}.ci_low", s["ci"]["low"]), (f"{prefix}.ci_high", s["ci"]["high"])]
-        if s["delta_mean"] is not None:
-            props.append((f"{prefix}.delta_mean", s["delta_mean"]))
-    for d in evidence["comparisons"]:
-        prefix = f"cnnaudit.{xml_text(d['key'])}"
-        props += [
-            (f"{prefix}.mean", d["mean"]), (f"{prefix}.ci_low", d["ci"]["low"]), (f"{prefix}.ci_high", d["ci"]["high"]),
-            (f"{prefix}.p_value", d["p_value"]), (f"{prefix}.paired", d["paired"]),
-            (f"{prefix}.n_a", d["a"]["n"]), (f"{prefix}.n_b", d["b"]["n"]),
-            (f"{prefix}.mean_a", d["a"]["mean"]), (f"{prefix}.mean_b", d["b"]["mean"]),
-        ]
-    return props
-
-
 # ---- small helpers ---------------------------------------------------------------------------------
-def _markers(summary: dict) -> list[float]:
-    marks = [t["value"] for t in summary["thresholds"]]
-    if summary["baseline"] and summary["baseline"].get("mean") is not None:
-        marks.append(summary["baseline"]["mean"])
-    return [m for m in marks if math.isfinite(m)]
-
-
 def evidence_size(size: tuple[int, int]) -> tuple[int, int]:
     """``(H, W)`` shrunk (aspect kept) so that the longer side is at most :data:`EVIDENCE_SIDE`."""
     scale = min(1.0, EVIDENCE_SIDE / max(size))
@@ -547,44 +420,6 @@ def _target_name(heatmaps: Any, i: int) -> str:
     return "custom" if target < 0 else str(target)
 
 
-def _identity_of_source(scores: Any) -> dict | None:
-    return model_identity(getattr((getattr(scores, "source", None) or {}).get("heatmaps"), "subject", None))
-
-
-_IDENTITIES: dict[int, tuple[list[weakref.ref], list[int], dict]] = {}
-
-
-def model_identity(subject: Any) -> dict | None:
-    """``subject.identity()`` (model class, parameter count, state hash), or ``None`` without one.
-
-    Hashing a large model's state takes a while, so the result is reused while the model's state
-    tensors are the same objects with the same version counters (``Tensor._version`` counts
-    in-place changes: optimiser steps, ``load_state_dict``).
-    """
-    identity = getattr(subject, "identity", None)
-    if not callable(identity):
-        return None
-    model = getattr(subject, "model", None)
-    if model is None:
-        return _plain(identity())
-    tensors = list(model.state_dict(keep_vars=True).values())
-    versions = [t._version for t in tensors]
-    cached = _IDENTITIES.get(id(subject))
-    if cached is not None:
-        refs, known_versions, described = cached
-        same_tensors = len(refs) == len(tensors) and all(r() is t for r, t in zip(refs, tensors, strict=True))
-        if same_tensors and known_versions == versions:
-            return described
-    described = _plain(identity())
-    _IDENTITIES[id(subject)] = ([weakref.ref(t) for t in tensors], versions, described)
-    return described
-
-
-def _plain(value: Any) -> Any:
-    """``value`` as builtin JSON types (it travels between processes and into JSON files)."""
-    return json.loads(json.dumps(value, default=str))
-
-
 def _write_jpeg(image: np.ndarray, path: Path, quality: int) -> int:
     """Write ``image`` as a JPEG file; returns its size in bytes."""
     import io
@@ -625,10 +460,11 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
-def _number(value: Any) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None
+def _identity_of_source(scores: Any) -> dict | None:
+    return model_identity(getattr((getattr(scores, "source", None) or {}).get("heatmaps"), "subject", None))
 
 
-def _delta(value: float | None, reference: float | None) -> float | None:
-    return None if value is None or reference is None else value - reference
+def model_identity(subject: Any) -> dict | None:
+    """``subject.identity()`` (model class, parameter count, state hash), or ``None`` for an object without one."""
+    identity = getattr(subject, "identity", None)
+    return identity() if callable(identity) else None

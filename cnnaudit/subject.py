@@ -16,6 +16,7 @@ import hashlib
 import logging
 import pickle
 import re
+import weakref
 from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
@@ -267,7 +268,24 @@ class Subject:
             raise RuntimeError(f"{leaked} hook(s) registered during the audit were not removed; they have been removed now")
 
     def identity(self) -> dict[str, Any]:
-        """``{"class", "parameters", "sha256"}``: the model class, its parameter count and a hash of its state dict."""
+        """``{"class", "parameters", "sha256"}``: the model class, its parameter count and a hash of its state dict.
+
+        Hashing a large model's state takes a while, so the result is reused while the state tensors are
+        the same objects with the same version counters (``Tensor._version`` counts in-place changes:
+        optimiser steps, ``load_state_dict``).
+        """
+        tensors = list(self.model.state_dict(keep_vars=True).values())
+        versions = [t._version for t in tensors]
+        known = getattr(self, "_identity", None)
+        if known is not None:
+            refs, known_versions, described = known
+            if known_versions == versions and len(refs) == len(tensors) and all(r() is t for r, t in zip(refs, tensors)):
+                return dict(described)
+        described = self._hash_state()
+        self._identity = ([weakref.ref(t) for t in tensors], versions, described)
+        return dict(described)
+
+    def _hash_state(self) -> dict[str, Any]:
         digest = hashlib.sha256()
         for name, tensor in self.model.state_dict().items():
             tensor = tensor.detach().cpu().contiguous().reshape(-1)

@@ -25,7 +25,8 @@ import cnnaudit.subject  # noqa: F401
 from cnnaudit import evidence
 from cnnaudit.baseline import Baseline, BaselineLookup, BaselineMissing, BaselineRecordingWarning, StoredScores, save
 from cnnaudit.environment import device_name, worker_index
-from cnnaudit.records import QUANTILES, EvidenceRecorder
+from cnnaudit.records import EvidenceRecorder
+from cnnaudit.summaries import QUANTILES
 from cnnaudit.scores import Scores
 
 AUDIT = """

@@ -319,3 +319,20 @@ def test_predict_is_batched_in_eval_mode_and_leaves_training_mode_alone(images16
     torch.testing.assert_close(predicted, expected)  # dropout off: the eval-mode answer
     assert not predicted.requires_grad
     torch.testing.assert_close(subject.predict(ca.ImageSet(images16)), expected)
+
+
+def test_identity_is_rehashed_only_when_the_model_changes(monkeypatch, tiny_cnn):
+    hashed = []
+    hash_state = ca.Subject._hash_state
+    monkeypatch.setattr(ca.Subject, "_hash_state", lambda self: hashed.append(1) or hash_state(self))
+    subject = ca.Subject(tiny_cnn, device="cpu")
+    first = subject.identity()
+    assert subject.identity() == first and len(hashed) == 1
+    with torch.no_grad():
+        tiny_cnn.fc.weight.add_(1.0)  # in place: the version counter moves
+    second = subject.identity()
+    assert second["sha256"] != first["sha256"] and len(hashed) == 2
+    tiny_cnn.fc.bias = torch.nn.Parameter(tiny_cnn.fc.bias.detach().clone())  # a new tensor object, same values
+    assert subject.identity() == second and len(hashed) == 3
+    with torch.no_grad():
+        tiny_cnn.fc.weight.sub_(1.0)  # restore the session's model

@@ -1,0 +1,164 @@
+"""Plain-data summaries of what a test measured: Scores and comparison summaries, the statistics an
+audit gates on, the failed thresholds matched to them, histograms and JUnit properties.
+
+Used by the per-test recorder (:mod:`cnnaudit.records`) and by baselines (:mod:`cnnaudit.baseline`);
+everything here takes and returns builtin types, which travel between xdist processes and into JSON.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from cnnaudit.safe_text import xml_text
+
+QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
+HISTOGRAM_BINS = 20
+MIRRORED = {"<": ">", ">": "<", "<=": ">=", ">=": "<=", "==": "==", "!=": "!="}
+"""A comparison operator seen from its other side (``a < b`` is ``b > a``)."""
+
+
+def summarize(scores: Any) -> dict:
+    """``n``, ``n_undefined``, ``mean``, ``median``, ``min``, ``max``, ``ci`` and :data:`QUANTILES` of ``scores``.
+
+    Statistics are ``None`` when no value is defined.
+    """
+    values = np.asarray(scores.values, dtype=np.float64)
+    out: dict[str, Any] = {
+        "name": str(scores.name),
+        "unit": str(getattr(scores, "unit", "image")),
+        "n": int(scores.n),
+        "n_undefined": int(scores.n_undefined),
+        "mean": None, "median": None, "min": None, "max": None, "ci": None, "quantiles": {},
+    }
+    if np.isfinite(values).any():
+        interval = scores.ci()
+        out.update(
+            mean=number(scores.mean()),
+            median=number(scores.median()),
+            min=number(scores.min()),
+            max=number(scores.max()),
+            ci={"low": number(interval.low), "high": number(interval.high), "level": float(getattr(interval, "level", 0.95))},
+            quantiles={str(q): number(scores.quantile(q)) for q in QUANTILES},
+        )
+    return out
+
+
+def statistics(summary: dict) -> dict[str, float]:
+    """The summary's statistics by the expression an audit would write, most commonly gated first."""
+    stats = {"mean()": summary["mean"]}
+    if summary["ci"]:
+        stats["ci().low"] = summary["ci"]["low"]
+        stats["ci().high"] = summary["ci"]["high"]
+    stats.update({f"{name}()": summary[name] for name in ("median", "min", "max")})
+    stats.update({f"quantile({q})": v for q, v in summary["quantiles"].items()})
+    return {name: value for name, value in stats.items() if value is not None}
+
+
+def summarize_difference(diff: Any) -> dict:
+    """``name``, ``paired``, ``mean``, ``ci`` (95%), ``p_value`` and per side ``{name, n, mean}`` of a ``Difference``.
+
+    Computes the interval and the p-value unless the audit already did (both are cached on ``diff``);
+    with fewer than two values on a side the interval is unbounded and the p-value undefined (``None``).
+    """
+    interval, sides = diff.ci(), getattr(diff, "sides", None) or (None, None)
+    p_value = diff.p_value if min(diff.a.size, diff.b.size) >= 2 else None
+
+    def side(values: np.ndarray, scores: Any) -> dict:
+        return {
+            "name": None if scores is None else str(scores.name),
+            "n": int(values.size),
+            "mean": number(np.mean(values)) if values.size else None,
+        }
+
+    return {
+        "name": str(diff.name),
+        "paired": bool(diff.paired),
+        "mean": number(diff.mean),
+        "ci": {"low": number(interval.low), "high": number(interval.high), "level": float(interval.level)},
+        "p_value": None if p_value is None else number(p_value),
+        "a": side(diff.a, sides[0]),
+        "b": side(diff.b, sides[1]),
+    }
+
+
+def difference_statistics(summary: dict) -> dict[str, float]:
+    """A comparison's statistics by the expression an audit would write on it (``gap.mean``, ``abs(gap.mean)``…)."""
+    stats = {"mean": summary["mean"], "abs(mean)": None if summary["mean"] is None else abs(summary["mean"])}
+    stats.update({"p_value": summary["p_value"], "ci().low": summary["ci"]["low"], "ci().high": summary["ci"]["high"]})
+    return {name: value for name, value in stats.items() if value is not None}
+
+
+def match_thresholds(stats: dict[str, float], comparisons: list[tuple[str, float, float]]) -> list[dict]:
+    """Failed comparisons with one side exactly one of ``stats``: ``{stat, op, value, actual}``.
+
+    ``stats`` maps expressions to values (:func:`statistics`, :func:`difference_statistics`). The left
+    side is tried first (``assert s.mean() >= 0.5``), then the right one (``0.5 <= s.mean()`` becomes
+    ``mean() >= 0.5``); on each side the first equal statistic in ``stats`` order is taken (a mean
+    that equals the median is reported as the mean).
+    """
+    found = []
+    for op, left, right in comparisons:
+        for side, other, op_seen in ((left, right, op), (right, left, MIRRORED[op])):
+            stat = next((name for name, value in stats.items() if value == side), None)
+            if stat is not None:
+                found.append({"stat": stat, "op": op_seen, "value": other, "actual": side})
+                break
+    return found
+
+
+def histogram(values: Any, markers: list[float]) -> dict | None:
+    """:data:`HISTOGRAM_BINS` equal bins over the defined values, widened to include ``markers``."""
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return None
+    low = min([float(finite.min())] + markers)
+    high = max([float(finite.max())] + markers)
+    if high - low < 1e-12:
+        low, high = low - 0.5, high + 0.5
+    counts, _ = np.histogram(finite, bins=HISTOGRAM_BINS, range=(low, high))
+    return {"low": low, "high": high, "counts": counts.tolist()}
+
+
+def junit_properties(evidence: dict) -> list[tuple[str, object]]:
+    """Each Scores' and each comparison's numbers as JUnit properties ``cnnaudit.<key>.<stat>`` (keys
+    made valid XML: pytest writes property names as they are)."""
+    props: list[tuple[str, object]] = []
+    for s in evidence["scores"]:
+        prefix = f"cnnaudit.{xml_text(s['key'])}"
+        props += [(f"{prefix}.n", s["n"]), (f"{prefix}.n_undefined", s["n_undefined"]), (f"{prefix}.mean", s["mean"])]
+        if s["ci"]:
+            props += [(f"{prefix}.ci_low", s["ci"]["low"]), (f"{prefix}.ci_high", s["ci"]["high"])]
+        if s["delta_mean"] is not None:
+            props.append((f"{prefix}.delta_mean", s["delta_mean"]))
+    for d in evidence["comparisons"]:
+        prefix = f"cnnaudit.{xml_text(d['key'])}"
+        props += [
+            (f"{prefix}.mean", d["mean"]), (f"{prefix}.ci_low", d["ci"]["low"]), (f"{prefix}.ci_high", d["ci"]["high"]),
+            (f"{prefix}.p_value", d["p_value"]), (f"{prefix}.paired", d["paired"]),
+            (f"{prefix}.n_a", d["a"]["n"]), (f"{prefix}.n_b", d["b"]["n"]),
+            (f"{prefix}.mean_a", d["a"]["mean"]), (f"{prefix}.mean_b", d["b"]["mean"]),
+        ]
+    return props
+
+
+def markers(summary: dict) -> list[float]:
+    """The values a Scores' histogram must show: its thresholds and its baseline mean."""
+    marks = [t["value"] for t in summary["thresholds"]]
+    if summary["baseline"] and summary["baseline"].get("mean") is not None:
+        marks.append(summary["baseline"]["mean"])
+    return [m for m in marks if math.isfinite(m)]
+
+
+def number(value: Any) -> float | None:
+    """``float(value)``, or ``None`` when it is not finite (JSON has no NaN)."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def delta(value: float | None, reference: float | None) -> float | None:
+    """``value - reference``, or ``None`` when either is missing."""
+    return None if value is None or reference is None else value - reference
