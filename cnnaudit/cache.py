@@ -36,15 +36,13 @@ import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from itertools import chain
-from typing import TYPE_CHECKING, Any, Hashable, NamedTuple
+from typing import Any, Callable, Hashable, NamedTuple
 
 import numpy as np
 import torch
+from torch import nn
 
 from cnnaudit.attribution.targets import Target
-
-if TYPE_CHECKING:
-    from cnnaudit.subject import Subject
 
 
 class Cached(NamedTuple):
@@ -130,16 +128,18 @@ def _copy(result: Cached) -> Cached:
     return Cached(result.raw.clone(), result.targets.clone(), result.size)
 
 
-def request_key(subject: Subject, what: tuple[str, str, str | None], target: Target, images: Any) -> Key | None:
-    """The key of ``what`` = (kind, method, layer) for ``target`` and ``images`` as the caller passed them; ``None`` if uncacheable."""
-    tensors = list(chain(subject.model.parameters(), subject.model.buffers()))
+def request_key(model: nn.Module, preprocess: Callable | None, output: Any, what: tuple[str, str, str | None],
+                target: Target, images: Any) -> Key | None:
+    """The key of ``what`` = (kind, method, layer) for ``target`` and ``images`` as the caller passed them, with
+    ``model`` (its state), ``preprocess`` and the ``output`` selector as the subject holds them; ``None`` if uncacheable."""
+    tensors = list(chain(model.parameters(), model.buffers()))
     image_key, target_value = _image_key(images), _target_key(target)
     if image_key is None or target_value is None or any(t.is_inference() for t in tensors):
         return None
     image_value, image_pins = image_key
     model_value = tuple((t.data_ptr(), t._version) for t in tensors)
-    value = (what, id(subject.model), model_value, id(subject.preprocess), id(subject.output), target_value, image_value)
-    return Key(value, (subject.model, *tensors, subject.preprocess, subject.output, *image_pins))
+    value = (what, id(model), model_value, id(preprocess), id(output), target_value, image_value)
+    return Key(value, (model, *tensors, preprocess, output, *image_pins))
 
 
 def _target_key(target: Target) -> Hashable | None:

@@ -89,11 +89,11 @@ def describe() -> dict[str, Any]:
     """Versions, accelerators and CPU threads of this process: python, platform, torch, CUDA, GPUs, cnnaudit."""
     import torch
 
-    import cnnaudit
+    from cnnaudit.version import __version__
 
     available = torch.cuda.is_available()
     return {
-        "cnnaudit": cnnaudit.__version__,
+        "cnnaudit": __version__,
         "python": platform.python_version(),
         "platform": platform.platform(terse=True),
         "torch": str(torch.__version__),

@@ -22,7 +22,7 @@ from scipy.integrate import trapezoid
 from skimage import measure
 
 from cnnaudit import evidence
-from cnnaudit.heatmaps import Heatmaps
+from cnnaudit.engine import Maps
 from cnnaudit.images import iter_batches
 from cnnaudit.regions import as_regions, mask_box
 from cnnaudit.scores import Scores
@@ -30,7 +30,7 @@ from cnnaudit.scores import Scores
 PerBatch = Callable[[torch.Tensor, torch.Tensor], "torch.Tensor | np.ndarray"]
 
 
-def _per_image(heatmaps: Heatmaps, regions: Any, metric: str, compute: PerBatch, batch_size: int = 64) -> Scores:
+def _per_image(heatmaps: Maps, regions: Any, metric: str, compute: PerBatch, batch_size: int = 64) -> Scores:
     """Run ``compute(mass, masks) -> values`` over batches; undefined where the map or region is empty.
 
     Values stay on the maps' device until one read at the end (metrics that loop on the host
@@ -56,7 +56,7 @@ def _fractions(mass: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, t
     return inside / total, area  # 0/0 -> NaN; _per_image marks those undefined
 
 
-def mass_in(heatmaps: Heatmaps, regions: Any) -> Scores:
+def mass_in(heatmaps: Maps, regions: Any) -> Scores:
     """Fraction of heatmap mass inside the region: ``sum(M * R) / sum(M)``, in ``[0, 1]``.
 
     The "energy-based pointing game" of Score-CAM (Wang et al., CVPR-W 2020), on the un-normalised map.
@@ -64,7 +64,7 @@ def mass_in(heatmaps: Heatmaps, regions: Any) -> Scores:
     return _per_image(heatmaps, regions, "mass_in", lambda mass, masks: _fractions(mass, masks)[0])
 
 
-def enrichment(heatmaps: Heatmaps, regions: Any) -> Scores:
+def enrichment(heatmaps: Maps, regions: Any) -> Scores:
     """Mass fraction over area fraction: ``(sum(M * R) / sum(M)) / (sum(R) / (H * W))``.
 
     1.0 = the map is no more concentrated on the region than a uniform map; ``> 1`` = concentrated.
@@ -78,7 +78,7 @@ def enrichment(heatmaps: Heatmaps, regions: Any) -> Scores:
     return _per_image(heatmaps, regions, "enrichment", compute)
 
 
-def pointing_game(heatmaps: Heatmaps, regions: Any, tolerance: float = 15) -> Scores:
+def pointing_game(heatmaps: Maps, regions: Any, tolerance: float = 15) -> Scores:
     """Does the map's maximum fall on the region? (Zhang et al., "Top-down neural attention by excitation backprop", 2016).
 
     ``P = {p : M(p) = max M}`` (exact ties); ``Z = {p : dist(p, R) <= tolerance}`` (Euclidean, pixels,
@@ -122,7 +122,7 @@ def within_distance(masks: torch.Tensor, tolerance: float) -> torch.Tensor:
     return zones
 
 
-def localization_iou(heatmaps: Heatmaps, regions: Any, threshold: float = 0.15) -> Scores:
+def localization_iou(heatmaps: Maps, regions: Any, threshold: float = 0.15) -> Scores:
     """Weakly supervised localisation as in the Grad-CAM paper (Selvaraju et al., ICCV 2017, sec. 4.1).
 
     Binarise ``M >= threshold * max M``; take the largest 8-connected component
@@ -155,7 +155,7 @@ def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     return inter / union if union > 0 else float("nan")
 
 
-def rank_accuracy(heatmaps: Heatmaps, regions: Any) -> Scores:
+def rank_accuracy(heatmaps: Maps, regions: Any) -> Scores:
     """Relevance rank accuracy (Arras, Osman & Samek, "CLEVR-XAI", Information Fusion 2022).
 
     ``K = |R|``; the fraction of the ``K`` highest-valued pixels that lie in ``R``. Pixels tied with
@@ -198,7 +198,7 @@ SUBSTRATES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"zeros": _zeros
 
 
 def perturbation_curves(
-    heatmaps: Heatmaps,
+    heatmaps: Maps,
     subject: Any = None,
     *,
     insert: bool,
@@ -265,7 +265,7 @@ def _class_probabilities(logits: torch.Tensor) -> torch.Tensor:
     return logits.softmax(dim=1)
 
 
-def _auc_scores(heatmaps: Heatmaps, curves: np.ndarray, name: str, steps: int) -> Scores:
+def _auc_scores(heatmaps: Maps, curves: np.ndarray, name: str, steps: int) -> Scores:
     values = trapezoid(curves, dx=1.0 / steps, axis=1)
     values[heatmaps.zero.numpy()] = np.nan
     source = {"heatmaps": heatmaps, "curves": curves, "index": np.arange(len(heatmaps))}
@@ -273,7 +273,7 @@ def _auc_scores(heatmaps: Heatmaps, curves: np.ndarray, name: str, steps: int) -
 
 
 def deletion(
-    heatmaps: Heatmaps,
+    heatmaps: Maps,
     subject: Any = None,
     *,
     steps: int = 50,
@@ -290,7 +290,7 @@ def deletion(
 
 
 def insertion(
-    heatmaps: Heatmaps,
+    heatmaps: Maps,
     subject: Any = None,
     *,
     steps: int = 50,
@@ -310,7 +310,7 @@ def _substrate_name(substrate: Any) -> str:
 
 
 # ---- randomisation sanity check ---------------------------------------------------------------
-Explainer = Callable[[Any, Any, Any], Heatmaps]
+Explainer = Callable[[Any, Any, Any], Maps]
 
 
 def sanity_check(

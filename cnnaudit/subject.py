@@ -461,7 +461,7 @@ class Subject:
         """``compute()``, or its result for the same request from the cache (``given``: the images as passed)."""
         if self.cache is None:
             return compute()
-        key = request_key(self, what, target, given)
+        key = request_key(self.model, self.preprocess, self.output, what, target, given)
         result = self.cache.get(key)
         if result is None:
             result = compute()

@@ -9,16 +9,14 @@ gradient methods) one ``autograd.grad`` pass per batch, everything on the model'
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from cnnaudit import hooks
 from cnnaudit.attribution.targets import Target, score_rows, select_scores
-
-if TYPE_CHECKING:
-    from cnnaudit.subject import Subject
+from cnnaudit.engine import AuditedModel
 
 
 def _safe_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
@@ -132,7 +130,7 @@ def _feature_map(recording: hooks.Recording, layer: str) -> torch.Tensor:
 
 
 def cam_batch(
-    subject: "Subject", x: torch.Tensor, target: Target, start: int, layer: str, method: str, limit: int
+    subject: AuditedModel, x: torch.Tensor, target: Target, start: int, layer: str, method: str, limit: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Signed maps ``(B,h,w)`` and explained class indices ``(B,)`` for the images ``x`` (on the device).
 
@@ -155,7 +153,7 @@ def cam_batch(
 
 
 def _masked_scores(
-    subject: "Subject", x: torch.Tensor, A: torch.Tensor, target: Target, indices: torch.Tensor, limit: int
+    subject: AuditedModel, x: torch.Tensor, A: torch.Tensor, target: Target, indices: torch.Tensor, limit: int
 ) -> torch.Tensor:
     """Score-CAM's ``s_k`` for every image and channel ``(N,K)``, ``limit`` masked inputs per forward pass.
 

@@ -23,7 +23,7 @@ image, ``raw_ij = max_c |g_cij| * bilinear(relu(L))_ij``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,10 +32,8 @@ from torch import nn
 from cnnaudit import hooks
 from cnnaudit.attribution.cam import cam_batch
 from cnnaudit.attribution.targets import Target, select_scores
+from cnnaudit.engine import AuditedModel
 from cnnaudit.relu_mode import ReLUMode
-
-if TYPE_CHECKING:
-    from cnnaudit.subject import Subject
 
 METHODS = ("guided_backprop", "deconvnet", "guided_gradcam")
 _RULES = {"guided_backprop": "guided", "deconvnet": "deconvnet", "guided_gradcam": "guided"}
@@ -106,7 +104,7 @@ def _check_relus_seen(model: nn.Module, mode: RectifierRule) -> None:
 
 
 def saliency_batch(
-    subject: "Subject", x: torch.Tensor, target: Target, start: int, method: str, layer: str | None
+    subject: AuditedModel, x: torch.Tensor, target: Target, start: int, method: str, layer: str | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Maps ``(B,H,W)`` and explained class indices ``(B,)`` for the images ``x`` (call inside ``subject.audit()``)."""
     _check_scriptless(subject.model)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from cnnaudit import hooks
+from cnnaudit.engine import AuditedModel
 from cnnaudit.maximize.objectives import Objective
 from cnnaudit.maximize.param import FourierImage, PixelImage
 from cnnaudit.maximize.redirect import leak_at, redirected_relus
@@ -60,7 +61,7 @@ class Settings:
     pixel_start: str = "grey"  #: a key of :data:`PIXEL_STARTS` (pixel parameterisation only)
 
 
-def forward_to(subject: Any, module: nn.Module | None, images: torch.Tensor) -> torch.Tensor:
+def forward_to(subject: AuditedModel, module: nn.Module | None, images: torch.Tensor) -> torch.Tensor:
     """The output of ``module`` (its first call) for ``images`` in ``[0,1]``; the model stops there
     (:func:`cnnaudit.hooks.first_output`). ``module=None`` means the model's logits (``subject.logits``)."""
     if module is None:
@@ -68,13 +69,13 @@ def forward_to(subject: Any, module: nn.Module | None, images: torch.Tensor) -> 
     return hooks.first_output(module, lambda: subject.model(subject.prepare(images)))
 
 
-def placement(subject: Any) -> dict:
+def placement(subject: AuditedModel) -> dict:
     """``{"device", "dtype"}`` for images fed to the model: the subject's device, the parameters' float dtype."""
     dtype = next((p.dtype for p in subject.model.parameters() if p.is_floating_point()), torch.float32)
     return {"device": subject.device, "dtype": dtype}
 
 
-def evaluate(subject: Any, module: nn.Module | None, objective: Objective, images: torch.Tensor) -> torch.Tensor:
+def evaluate(subject: AuditedModel, module: nn.Module | None, objective: Objective, images: torch.Tensor) -> torch.Tensor:
     """``objective.paired`` on untransformed images, plain ReLU gradients, no autograd: ``(K,)`` on the CPU."""
     with torch.no_grad():
         return objective.paired(forward_to(subject, module, images.to(**placement(subject)))).double().cpu()
@@ -95,7 +96,7 @@ def multiscale_sizes(size: int, steps: int) -> list[int]:
     return [round(size / UPSCALE**j) for j in range(n, -1, -1)]
 
 
-def trajectory(subject: Any, module: nn.Module | None, objective: Objective,
+def trajectory(subject: AuditedModel, module: nn.Module | None, objective: Objective,
                settings: Settings) -> Iterator[PixelImage | FourierImage]:
     """The parameterised images before the first step, then after each of the ``settings.steps`` steps.
 
@@ -120,7 +121,7 @@ def trajectory(subject: Any, module: nn.Module | None, objective: Objective,
         yield image
 
 
-def optimise(subject: Any, module: nn.Module | None, objective: Objective, settings: Settings) -> tuple[torch.Tensor, torch.Tensor]:
+def optimise(subject: AuditedModel, module: nn.Module | None, objective: Objective, settings: Settings) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the optimisation for ``objective``'s units; return (starting images, final images) on the device."""
     states = trajectory(subject, module, objective, settings)
     final = next(states)
@@ -130,7 +131,7 @@ def optimise(subject: Any, module: nn.Module | None, objective: Objective, setti
     return start, final.image().detach()
 
 
-def _multiscale(subject: Any, module: nn.Module | None, objective: Objective, settings: Settings,
+def _multiscale(subject: AuditedModel, module: nn.Module | None, objective: Objective, settings: Settings,
                 init: list[torch.Generator], streams: list[torch.Generator]) -> Iterator[PixelImage]:
     """fastai's schedule: Adam (weight decay 1e-6) at each scale, bicubic upscaling by 1.2 in between."""
     sizes = multiscale_sizes(settings.size, settings.steps)
@@ -148,7 +149,7 @@ def _multiscale(subject: Any, module: nn.Module | None, objective: Objective, se
             yield image
 
 
-def _step(subject: Any, module: nn.Module | None, objective: Objective, settings: Settings,
+def _step(subject: AuditedModel, module: nn.Module | None, objective: Objective, settings: Settings,
           image: PixelImage | FourierImage, streams: list[torch.Generator],
           optimizer: torch.optim.Optimizer | None, *, redirect: bool) -> None:
     """One ascent step (see the module docstring)."""

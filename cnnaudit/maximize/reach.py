@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
+from cnnaudit.engine import AuditedModel
 from cnnaudit.maximize.loop import DEFAULT_LR, Settings, evaluate, forward_to, placement, trajectory
 from cnnaudit.maximize.objectives import Objective
 from cnnaudit.maximize.transforms import Transforms
@@ -70,7 +70,7 @@ def starts(settings: Settings, spatial_channel: bool) -> list[Start]:
     return runs
 
 
-def search(subject: Any, module: nn.Module | None, objective: Objective, settings: Settings, eps: float,
+def search(subject: AuditedModel, module: nn.Module | None, objective: Objective, settings: Settings, eps: float,
            batch_size: int) -> list[Found]:
     """:class:`Found` for each of ``objective``'s units, ``batch_size`` units at a time."""
     found: list[Found] = []
@@ -80,7 +80,7 @@ def search(subject: Any, module: nn.Module | None, objective: Objective, setting
     return found
 
 
-def _search_batch(subject: Any, module: nn.Module | None, objective: Objective, settings: Settings,
+def _search_batch(subject: AuditedModel, module: nn.Module | None, objective: Objective, settings: Settings,
                   eps: float) -> list[Found]:
     found: dict[int, Found] = {}
     for number, run in enumerate(starts(settings, _spatial_channel(subject, module, objective, settings))):
@@ -98,7 +98,7 @@ def _search_batch(subject: Any, module: nn.Module | None, objective: Objective, 
     return [found[k] for k in range(len(objective))]
 
 
-def _spatial_channel(subject: Any, module: nn.Module | None, objective: Objective, settings: Settings) -> bool:
+def _spatial_channel(subject: AuditedModel, module: nn.Module | None, objective: Objective, settings: Settings) -> bool:
     """Whether ``objective`` is a channel of a layer with a ``(N, C, h, w)`` output (probed on one grey image)."""
     if objective.kind != "channel" or module is None:
         return False
