@@ -32,17 +32,16 @@ are dropped past ``max_entries`` entries or ``max_bytes`` bytes of maps.
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any, Callable, Hashable, NamedTuple
 
-import numpy as np
 import torch
 from torch import nn
 
 from cnnaudit.attribution.targets import Target
+from cnnaudit.images import source_key
 
 
 class Cached(NamedTuple):
@@ -133,7 +132,7 @@ def request_key(model: nn.Module, preprocess: Callable | None, output: Any, what
     """The key of ``what`` = (kind, method, layer) for ``target`` and ``images`` as the caller passed them, with
     ``model`` (its state), ``preprocess`` and the ``output`` selector as the subject holds them; ``None`` if uncacheable."""
     tensors = list(chain(model.parameters(), model.buffers()))
-    image_key, target_value = _image_key(images), _target_key(target)
+    image_key, target_value = source_key(images), _target_key(target)
     if image_key is None or target_value is None or any(t.is_inference() for t in tensors):
         return None
     image_value, image_pins = image_key
@@ -149,34 +148,3 @@ def _target_key(target: Target) -> Hashable | None:
     if target.indices is None:
         return ("predicted",)
     return ("indices", target.indices.numpy().tobytes())
-
-
-def _tensor_key(tensor: torch.Tensor) -> Hashable | None:
-    if tensor.is_inference():
-        return None
-    return (id(tensor), tensor._version, tensor.data_ptr(), tuple(tensor.shape), tensor.stride(), tensor.dtype, tensor.device)
-
-
-def _image_key(images: Any) -> tuple[Hashable, tuple[Any, ...]] | None:
-    """How the images are named in a key, and the objects to keep alive; ``None`` when they cannot be named."""
-    from cnnaudit.data import ImageSet
-
-    if isinstance(images, ImageSet):
-        sources = images._sources
-        parts = [source if isinstance(source, str) else _tensor_key(source) if isinstance(source, torch.Tensor) else id(source)
-                 for source in sources]
-        if any(part is None for part in parts):
-            return None
-        return ("imageset", images.size, tuple(parts)), (tuple(sources),)
-    if isinstance(images, torch.Tensor):
-        value = _tensor_key(images)
-        return None if value is None else (("tensor", value), (images,))
-    if isinstance(images, np.ndarray):
-        digest = hashlib.sha1(np.ascontiguousarray(images).view(np.uint8)).hexdigest() if images.size else ""
-        return ("array", images.dtype.str, images.shape, digest), ()
-    if isinstance(images, (list, tuple)):
-        items = [_image_key(item) for item in images]
-        if any(item is None for item in items):
-            return None
-        return ("list", tuple(item[0] for item in items)), tuple(pin for item in items for pin in item[1])  # type: ignore[index]
-    return None

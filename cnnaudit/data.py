@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     import PIL.Image
 
 from cnnaudit.groups import GroupColumn
-from cnnaudit.images import as_batch
+from cnnaudit.images import Key, as_batch, tensor_key
 from cnnaudit.regions import Regions, Size, _parse_entry, _positions, unknown_name
 
 Source = Union[torch.Tensor, str, Callable[[], Any]]
@@ -272,6 +272,15 @@ class ImageSet:
         if not len(self):
             raise ValueError("the ImageSet is empty")
         return _stack([self._load(i) for i in range(len(self))], self.ids)
+
+    def cache_key(self) -> Key | None:
+        """How a cache names this set: its ``size`` and its sources (paths by value; loaders and in-memory
+        images by identity, tensors also by version); ``None`` for an inference-mode tensor source."""
+        parts = [source if isinstance(source, str) else tensor_key(source) if isinstance(source, torch.Tensor) else id(source)
+                 for source in self._sources]
+        if any(part is None for part in parts):
+            return None
+        return ("imageset", self.size, tuple(parts)), (tuple(self._sources),)
 
     def batches(self, batch_size: int) -> Iterator[tuple[int, torch.Tensor]]:
         """``(start, images[start:start+batch_size])`` as float32 CPU tensors, loading one batch at a time."""

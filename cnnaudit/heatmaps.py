@@ -99,10 +99,9 @@ class Heatmaps:
         bilinear) when given."""
         if self.images is None:
             raise ValueError("these heatmaps were made without their images; pass images= to overlay them")
-        from cnnaudit.data import ImageSet
-        from cnnaudit.images import as_batch
+        from cnnaudit.images import ImageSource, as_batch
 
-        batched = isinstance(self.images, ImageSet) or getattr(self.images, "ndim", 0) == 4
+        batched = isinstance(self.images, ImageSource) or getattr(self.images, "ndim", 0) == 4
         picked = self.images[i : i + 1] if batched else as_batch(self.images)[i : i + 1]  # convert one image, not all
         image = as_batch(picked)
         if size is not None and tuple(image.shape[-2:]) != tuple(size):

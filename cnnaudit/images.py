@@ -9,11 +9,17 @@ The value check (``[0, 1]``, no NaN) reads one ``aminmax`` back to the host. The
 batch loop instead keeps each batch's :func:`value_range` on the device and checks them all
 once with :func:`check_value_range` (``as_batch(..., check_range=False)``), so the check costs
 no host synchronisation per batch.
+
+Images reach the rest of the code in one of two forms with the same face (:class:`ImageSource`:
+length, ids, batches, all as one tensor, a cache key): an ``ImageSet``, which streams from its
+sources, or a converted tensor (:func:`as_source` wraps it in :class:`TensorImages`). Nothing here
+imports ``cnnaudit.data``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+import hashlib
+from typing import Any, Hashable, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -24,6 +30,96 @@ _EXPECTED = (
 )
 
 
+Key = tuple[Hashable, tuple[Any, ...]]
+"""A cache key for images: the hashable value, and the objects it names (kept alive with the entry)."""
+
+
+@runtime_checkable
+class ImageSource(Protocol):
+    """Images as the rest of the code sees them, whatever the caller passed (``ImageSet`` satisfies it)."""
+
+    ids: Sequence[str]  #: one id per image
+
+    def __len__(self) -> int: ...
+
+    def batches(self, batch_size: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(start, images[start:start + batch_size])`` as float32 tensors in ``[0,1]``."""
+        ...
+
+    def tensor(self) -> torch.Tensor:
+        """All images as one float32 ``(N,3,H,W)`` tensor."""
+        ...
+
+    def cache_key(self) -> Key | None:
+        """How a cache names these images (``None``: they cannot be named, do not cache)."""
+        ...
+
+
+class TensorImages:
+    """Images already converted to one tensor (on any device), with :class:`ImageSource`'s face.
+
+    ``original`` is what the caller passed: the cache key names it (a tensor by identity and version,
+    a numpy array by its bytes, a list by its items), not the converted copy.
+    """
+
+    def __init__(self, images: torch.Tensor, original: Any) -> None:
+        self.images = images
+        self.original = original
+        self.ids = [str(i) for i in range(images.shape[0])]
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """``(H, W)``, as ``ImageSet.image_size``."""
+        return int(self.images.shape[-2]), int(self.images.shape[-1])
+
+    def batches(self, batch_size: int) -> Iterator[tuple[int, torch.Tensor]]:
+        for start in range(0, len(self), batch_size):
+            yield start, self.images[start : start + batch_size]
+
+    def tensor(self) -> torch.Tensor:
+        return self.images
+
+    def cache_key(self) -> Key | None:
+        return source_key(self.original)
+
+
+def as_source(images: Any, *, keep_device: bool = True, check_range: bool = False) -> ImageSource:
+    """``images`` with :class:`ImageSource`'s face: an ``ImageSet`` as it is (it streams), anything else
+    converted once by :func:`as_batch` (by default left on its device and not value-checked: the
+    caller checks batch by batch with :func:`value_range`)."""
+    if isinstance(images, ImageSource):
+        return images
+    return TensorImages(as_batch(images, keep_device=keep_device, check_range=check_range), images)
+
+
+def source_key(images: Any) -> Key | None:
+    """How a cache names ``images`` as the caller passed them (see :mod:`cnnaudit.cache`)."""
+    if isinstance(images, ImageSource):
+        return images.cache_key()
+    if isinstance(images, torch.Tensor):
+        value = tensor_key(images)
+        return None if value is None else (("tensor", value), (images,))
+    if isinstance(images, np.ndarray):
+        digest = hashlib.sha1(np.ascontiguousarray(images).view(np.uint8)).hexdigest() if images.size else ""
+        return ("array", images.dtype.str, images.shape, digest), ()
+    if isinstance(images, (list, tuple)):
+        parts = [source_key(item) for item in images]
+        if any(part is None for part in parts):
+            return None
+        return ("list", tuple(p[0] for p in parts)), tuple(pin for p in parts for pin in p[1])  # type: ignore[index]
+    return None
+
+
+def tensor_key(tensor: torch.Tensor) -> Hashable | None:
+    """A tensor named by identity, version counter, address and layout; ``None`` for inference tensors (no version)."""
+    if tensor.is_inference():
+        return None
+    return (id(tensor), tensor._version, tensor.data_ptr(), tuple(tensor.shape), tensor.stride(), tensor.dtype, tensor.device)
+
+
 def as_batch(images: Any, *, keep_device: bool = False, check_range: bool = True) -> torch.Tensor:
     """Convert ``images`` to a float32 ``(N,3,H,W)`` tensor in ``[0,1]``; raise ``ValueError`` otherwise.
 
@@ -31,9 +127,7 @@ def as_batch(images: Any, *, keep_device: bool = False, check_range: bool = True
     is not copied to the host and back). ``check_range=False`` skips the value check of float
     tensors: the caller must check with :func:`value_range` / :func:`check_value_range`.
     """
-    from cnnaudit.data import ImageSet  # local: data imports this module
-
-    if isinstance(images, ImageSet):
+    if isinstance(images, ImageSource):
         return images.tensor()
     if isinstance(images, (list, tuple)):
         if not images:
@@ -119,12 +213,6 @@ def check_value_range(ranges: torch.Tensor) -> None:
 
 
 def iter_batches(images: Any, batch_size: int) -> Iterator[tuple[int, torch.Tensor]]:
-    """``(start, batch)`` pairs over ``images``; an ImageSet streams, anything else is converted once."""
-    from cnnaudit.data import ImageSet
-
-    if isinstance(images, ImageSet):
-        yield from images.batches(batch_size)
-        return
-    full = as_batch(images)
-    for start in range(0, full.shape[0], batch_size):
-        yield start, full[start : start + batch_size]
+    """``(start, batch)`` pairs over ``images``: an ImageSet streams, anything else is converted (and
+    value-checked) once, on the CPU."""
+    yield from as_source(images, keep_device=False, check_range=True).batches(batch_size)

@@ -31,7 +31,7 @@ from cnnaudit.attribution import cam, guided
 from cnnaudit.attribution.targets import Target, parse_target
 from cnnaudit.cache import Cached, HeatmapCache, request_key
 from cnnaudit.heatmaps import Heatmaps
-from cnnaudit.images import as_batch, check_value_range, iter_batches, value_range
+from cnnaudit.images import ImageSource, TensorImages, as_source, check_value_range, value_range
 
 if TYPE_CHECKING:
     from cnnaudit.maximize import Visualizations
@@ -316,13 +316,11 @@ class Subject:
         Batched by ``batch_size``, in eval mode and without gradients inside :meth:`audit`, so a
         model left in training mode still gives its eval-mode answer and is restored afterwards.
         """
-        from cnnaudit.data import ImageSet
-
-        images = images if isinstance(images, ImageSet) else as_batch(images)
-        if len(images) == 0:
+        source = as_source(images, keep_device=False, check_range=True)
+        if len(source) == 0:
             raise ValueError("predict() got no images (an empty batch or selection); pass at least one image")
         with self.audit(), torch.no_grad():
-            return torch.cat([self.logits(batch.to(self.device)) for _, batch in self._batches(images)])
+            return torch.cat([self.logits(batch.to(self.device)) for _, batch in source.batches(self.batch_size)])
 
     def select_output(self, output: Any) -> torch.Tensor:
         """The tensor targets read from the raw model output (see ``Subject(output=...)``)."""
@@ -412,17 +410,16 @@ class Subject:
         """
         cam.check_method(method)
         with self.audit():
-            given = images
-            images, count = self._images(images)
-            spec = parse_target(target, count, self.class_index)
-            layer_name = self._layer_for(layer, images)
+            source = self._source(images)
+            spec = parse_target(target, len(source), self.class_index)
+            layer_name = self._layer_for(layer, source)
             raw, targets, size = self._cached(
-                ("gradcam", method, layer_name), spec, given,
-                lambda: self._run(images, lambda x, start, limit: cam.cam_batch(self, x, spec, start, layer_name, method, limit)),
+                ("gradcam", method, layer_name), spec, source,
+                lambda: self._run(source, lambda x, start, limit: cam.cam_batch(self, x, spec, start, layer_name, method, limit)),
             )
         return Heatmaps(
-            raw, image_size=size, method=method, layer=layer_name, targets=targets, images=images,
-            ids=self._ids(images, count), subject=self,
+            raw, image_size=size, method=method, layer=layer_name, targets=targets, images=_shown(source),
+            ids=list(source.ids), subject=self,
         )
 
     def saliency(
@@ -435,17 +432,16 @@ class Subject:
         if method not in guided.METHODS:
             raise ValueError(f"unknown saliency method {method!r}; choose one of {', '.join(guided.METHODS)}")
         with self.audit():
-            given = images
-            images, count = self._images(images)
-            spec = parse_target(target, count, self.class_index)
-            layer_name = self._layer_for(layer, images) if method == "guided_gradcam" else None
+            source = self._source(images)
+            spec = parse_target(target, len(source), self.class_index)
+            layer_name = self._layer_for(layer, source) if method == "guided_gradcam" else None
             raw, targets, size = self._cached(
-                ("saliency", method, layer_name), spec, given,
-                lambda: self._run(images, lambda x, start, limit: guided.saliency_batch(self, x, spec, start, method, layer_name)),
+                ("saliency", method, layer_name), spec, source,
+                lambda: self._run(source, lambda x, start, limit: guided.saliency_batch(self, x, spec, start, method, layer_name)),
             )
         return Heatmaps(
-            raw, image_size=size, method=method, layer=layer_name or "input", targets=targets, images=images,
-            ids=self._ids(images, count), subject=self,
+            raw, image_size=size, method=method, layer=layer_name or "input", targets=targets, images=_shown(source),
+            ids=list(source.ids), subject=self,
         )
 
     def maximize(self, layer: str | nn.Module | None, channels: Any = "all", **settings: Any) -> Visualizations:
@@ -457,11 +453,12 @@ class Subject:
         return maximize.maximize(self, layer, channels, **settings)
 
     # ---- batching -----------------------------------------------------------------------
-    def _cached(self, what: tuple[str, str, str | None], target: Target, given: Any, compute: Callable[[], Cached]) -> Cached:
-        """``compute()``, or its result for the same request from the cache (``given``: the images as passed)."""
+    def _cached(self, what: tuple[str, str, str | None], target: Target, source: ImageSource,
+                compute: Callable[[], Cached]) -> Cached:
+        """``compute()``, or its result for the same request from the cache (keyed by the images as passed)."""
         if self.cache is None:
             return compute()
-        key = request_key(self.model, self.preprocess, self.output, what, target, given)
+        key = request_key(self.model, self.preprocess, self.output, what, target, source)
         result = self.cache.get(key)
         if result is None:
             result = compute()
@@ -469,44 +466,26 @@ class Subject:
         return result
 
     @staticmethod
-    def _images(images: Any) -> tuple[Any, int]:
-        """An ImageSet as is (it streams), anything else converted once to a tensor; and the count.
+    def _source(images: Any) -> ImageSource:
+        """The images with one face (:func:`cnnaudit.images.as_source`): an ImageSet as is (it streams),
+        anything else converted once, left on its device; its values are checked batch by batch on the
+        device by :meth:`_run`."""
+        source = as_source(images)
+        if len(source) == 0:
+            if isinstance(source, TensorImages):
+                raise ValueError("got no images; pass at least one image")
+            raise ValueError("got no images (an empty ImageSet: did a where() match nothing?); pass at least one image")
+        return source
 
-        Tensors stay on their device (no round trip through the host); their values are checked
-        batch by batch on the device by :meth:`_run`.
-        """
-        from cnnaudit.data import ImageSet
-
-        if isinstance(images, ImageSet):
-            if len(images) == 0:
-                raise ValueError("got no images (an empty ImageSet: did a where() match nothing?); pass at least one image")
-            return images, len(images)
-        images = as_batch(images, keep_device=True, check_range=False)
-        if len(images) == 0:
-            raise ValueError("got no images; pass at least one image")
-        return images, len(images)
-
-    @staticmethod
-    def _ids(images: Any, count: int) -> list[str]:
-        from cnnaudit.data import ImageSet
-
-        return list(images.ids) if isinstance(images, ImageSet) else [str(i) for i in range(count)]
-
-    def _batches(self, images: Any) -> Iterator[tuple[int, torch.Tensor]]:
-        """``(start, batch)`` over images from :meth:`_images` (already converted tensors are only sliced)."""
-        if isinstance(images, torch.Tensor):
-            return ((start, images[start : start + self.batch_size]) for start in range(0, images.shape[0], self.batch_size))
-        return iter_batches(images, self.batch_size)
-
-    def _layer_for(self, layer: str | nn.Module | None, images: Any) -> str:
+    def _layer_for(self, layer: str | nn.Module | None, source: ImageSource) -> str:
         if layer is not None:
             return self._layer_name(layer)
         if self._layer is None:
-            height, width = images.image_size if not isinstance(images, torch.Tensor) else images.shape[-2:]
+            height, width = source.image_size  # type: ignore[attr-defined]  # both forms have it; not in the runtime protocol
             self._probe_size = (int(height), int(width))
         return self.layer
 
-    def _run(self, images: Any, work: BatchWork) -> Cached:
+    def _run(self, source: ImageSource, work: BatchWork) -> Cached:
         """Run ``work(x, start, limit)`` over ``images`` (call inside :meth:`audit`); concatenate maps and targets.
 
         At most ``limit`` (initially ``batch_size``) images go through the model at once; on CUDA
@@ -517,10 +496,10 @@ class Subject:
         maps: list[torch.Tensor] = []
         targets: list[torch.Tensor] = []
         ranges: list[torch.Tensor] = []
-        check = isinstance(images, torch.Tensor)  # ImageSet images were checked when loaded
+        check = isinstance(source, TensorImages)  # ImageSet images were checked when loaded
         size = (0, 0)
         limit = self.batch_size
-        for start, batch in self._batches(images):
+        for start, batch in source.batches(self.batch_size):
             size = (batch.shape[-2], batch.shape[-1])
             offset = 0
             while offset < batch.shape[0]:
@@ -548,3 +527,8 @@ class Subject:
             check_value_range(torch.stack(ranges))
         self._probe_size = size
         return Cached(torch.cat(maps), torch.cat(targets).cpu(), size)
+
+
+def _shown(source: ImageSource) -> Any:
+    """What ``Heatmaps.images`` holds: an ImageSet as is, converted images as their tensor."""
+    return source.tensor() if isinstance(source, TensorImages) else source
