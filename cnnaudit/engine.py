@@ -9,7 +9,7 @@ so ``metrics`` and ``heatmaps`` do not import each other both ways.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Protocol
+from typing import Any, ContextManager, Iterator, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -20,6 +20,16 @@ class AuditedModel(Protocol):
 
     model: nn.Module  #: the audited module itself (its state is left as it was found)
     device: torch.device  #: where inputs go
+    batch_size: int  #: images per forward pass
+    classes: Sequence[str] | None  #: class names, when given
+
+    def audit(self) -> ContextManager[Any]:
+        """A block in eval mode with frozen parameters, the model restored afterwards."""
+        ...
+
+    def class_index(self, target: int | str) -> int:
+        """The class index of a class name or a checked index."""
+        ...
 
     def module(self, name: str) -> nn.Module:
         """The submodule ``name`` (a ``named_modules()`` name)."""

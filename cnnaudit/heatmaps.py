@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnaudit import evidence
+from cnnaudit import evidence, metrics
 
 if TYPE_CHECKING:
     from cnnaudit.scores import Scores
@@ -117,42 +117,30 @@ class Heatmaps:
     # ---- metrics (definitions live in cnnaudit.metrics) ------------------------------------
     def mass_in(self, regions: Any) -> "Scores":
         """Fraction of heatmap mass inside ``regions`` (see :func:`cnnaudit.metrics.mass_in`)."""
-        from cnnaudit import metrics
-
         return metrics.mass_in(self, regions)
 
     def enrichment(self, regions: Any) -> "Scores":
         """Mass fraction divided by area fraction (see :func:`cnnaudit.metrics.enrichment`)."""
-        from cnnaudit import metrics
-
         return metrics.enrichment(self, regions)
 
-    def pointing_game(self, regions: Any, tolerance: float = 15) -> "Scores":
+    def pointing_game(self, regions: Any, tolerance: float = metrics.POINTING_TOLERANCE) -> "Scores":
         """1 if the map's peak lies within ``tolerance`` px of the region (see :func:`cnnaudit.metrics.pointing_game`)."""
-        from cnnaudit import metrics
-
         return metrics.pointing_game(self, regions, tolerance=tolerance)
 
-    def localization_iou(self, regions: Any, threshold: float = 0.15) -> "Scores":
+    def localization_iou(self, regions: Any, threshold: float = metrics.IOU_THRESHOLD) -> "Scores":
         """Grad-CAM paper box IoU (see :func:`cnnaudit.metrics.localization_iou`)."""
-        from cnnaudit import metrics
-
         return metrics.localization_iou(self, regions, threshold=threshold)
 
     def rank_accuracy(self, regions: Any) -> "Scores":
         """Relevance rank accuracy (see :func:`cnnaudit.metrics.rank_accuracy`)."""
-        from cnnaudit import metrics
-
         return metrics.rank_accuracy(self, regions)
 
-    def deletion(self, subject: Any = None, *, steps: int = 50, substrate: Any = "zeros") -> "Scores":
+    def deletion(self, subject: Any = None, *, steps: int = metrics.CURVE_STEPS,
+                 substrate: Any = metrics.DELETION_SUBSTRATE) -> "Scores":
         """RISE deletion AUC, lower is better (see :func:`cnnaudit.metrics.deletion`)."""
-        from cnnaudit import metrics
-
         return metrics.deletion(self, subject, steps=steps, substrate=substrate)
 
-    def insertion(self, subject: Any = None, *, steps: int = 50, substrate: Any = "blur") -> "Scores":
+    def insertion(self, subject: Any = None, *, steps: int = metrics.CURVE_STEPS,
+                  substrate: Any = metrics.INSERTION_SUBSTRATE) -> "Scores":
         """RISE insertion AUC, higher is better (see :func:`cnnaudit.metrics.insertion`)."""
-        from cnnaudit import metrics
-
         return metrics.insertion(self, subject, steps=steps, substrate=substrate)

@@ -17,15 +17,21 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from scipy import stats
-from scipy.integrate import trapezoid
-from skimage import measure
 
 from cnnaudit import evidence
-from cnnaudit.engine import Maps
+from cnnaudit.engine import AuditedModel, Maps
 from cnnaudit.images import iter_batches
 from cnnaudit.regions import as_regions, mask_box
 from cnnaudit.scores import Scores
+
+POINTING_TOLERANCE = 15.0
+"""Default distance (px) within which a map's peak counts as on the region (``pointing_game``)."""
+IOU_THRESHOLD = 0.15
+"""Default fraction of a map's peak that bounds its box (``localization_iou``, the Grad-CAM paper's 15%)."""
+CURVE_STEPS = 50
+"""Default number of deletion / insertion steps."""
+DELETION_SUBSTRATE = "zeros"
+INSERTION_SUBSTRATE = "blur"
 
 PerBatch = Callable[[torch.Tensor, torch.Tensor], "torch.Tensor | np.ndarray"]
 
@@ -78,7 +84,7 @@ def enrichment(heatmaps: Maps, regions: Any) -> Scores:
     return _per_image(heatmaps, regions, "enrichment", compute)
 
 
-def pointing_game(heatmaps: Maps, regions: Any, tolerance: float = 15) -> Scores:
+def pointing_game(heatmaps: Maps, regions: Any, tolerance: float = POINTING_TOLERANCE) -> Scores:
     """Does the map's maximum fall on the region? (Zhang et al., "Top-down neural attention by excitation backprop", 2016).
 
     ``P = {p : M(p) = max M}`` (exact ties); ``Z = {p : dist(p, R) <= tolerance}`` (Euclidean, pixels,
@@ -122,7 +128,7 @@ def within_distance(masks: torch.Tensor, tolerance: float) -> torch.Tensor:
     return zones
 
 
-def localization_iou(heatmaps: Maps, regions: Any, threshold: float = 0.15) -> Scores:
+def localization_iou(heatmaps: Maps, regions: Any, threshold: float = IOU_THRESHOLD) -> Scores:
     """Weakly supervised localisation as in the Grad-CAM paper (Selvaraju et al., ICCV 2017, sec. 4.1).
 
     Binarise ``M >= threshold * max M``; take the largest 8-connected component
@@ -130,6 +136,8 @@ def localization_iou(heatmaps: Maps, regions: Any, threshold: float = 0.15) -> S
     ``IoU(bbox(component), bbox(R))`` of the half-open pixel boxes, where ``bbox(R)`` is the tight
     box of the rasterised region.
     """
+    from skimage import measure
+
 
     def compute(mass: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
         maps, zones = mass.cpu().numpy(), masks.cpu().numpy()
@@ -199,10 +207,10 @@ SUBSTRATES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"zeros": _zeros
 
 def perturbation_curves(
     heatmaps: Maps,
-    subject: Any = None,
+    subject: AuditedModel | None = None,
     *,
     insert: bool,
-    steps: int = 50,
+    steps: int = CURVE_STEPS,
     substrate: str | Callable[[torch.Tensor], torch.Tensor] = "zeros",
 ) -> np.ndarray:
     """Class probability while pixels are deleted (or inserted) in order of the map, float64 ``(N, steps + 1)``.
@@ -266,6 +274,8 @@ def _class_probabilities(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _auc_scores(heatmaps: Maps, curves: np.ndarray, name: str, steps: int) -> Scores:
+    from scipy.integrate import trapezoid
+
     values = trapezoid(curves, dx=1.0 / steps, axis=1)
     values[heatmaps.zero.numpy()] = np.nan
     source = {"heatmaps": heatmaps, "curves": curves, "index": np.arange(len(heatmaps))}
@@ -274,10 +284,10 @@ def _auc_scores(heatmaps: Maps, curves: np.ndarray, name: str, steps: int) -> Sc
 
 def deletion(
     heatmaps: Maps,
-    subject: Any = None,
+    subject: AuditedModel | None = None,
     *,
-    steps: int = 50,
-    substrate: str | Callable[[torch.Tensor], torch.Tensor] = "zeros",
+    steps: int = CURVE_STEPS,
+    substrate: str | Callable[[torch.Tensor], torch.Tensor] = DELETION_SUBSTRATE,
 ) -> Scores:
     """Deletion AUC (RISE: Petsiuk, Das & Saenko, BMVC 2018): lower = the map found what the class needs.
 
@@ -291,10 +301,10 @@ def deletion(
 
 def insertion(
     heatmaps: Maps,
-    subject: Any = None,
+    subject: AuditedModel | None = None,
     *,
-    steps: int = 50,
-    substrate: str | Callable[[torch.Tensor], torch.Tensor] = "blur",
+    steps: int = CURVE_STEPS,
+    substrate: str | Callable[[torch.Tensor], torch.Tensor] = INSERTION_SUBSTRATE,
 ) -> Scores:
     """Insertion AUC (RISE: Petsiuk, Das & Saenko, BMVC 2018): higher = the map found what the class needs.
 
@@ -408,4 +418,6 @@ def _make_contiguous(owner: torch.nn.Module) -> list[tuple[torch.nn.Parameter, t
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     if np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan")
+    from scipy import stats
+
     return float(stats.spearmanr(a, b).statistic)

@@ -26,7 +26,6 @@ from functools import cached_property
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from scipy import stats
 
 from cnnaudit import evidence
 
@@ -217,6 +216,8 @@ def bootstrap_interval(samples: tuple[np.ndarray, ...], statistic: Callable, lev
     if all(np.ptp(sample) == 0 for sample in samples):
         value = float(statistic(*samples, axis=-1))
         return Interval(value, value, level)
+    from scipy import stats  # here: importing scipy.stats costs a second, and most imports of Scores never need it
+
     for method in ("BCa", "percentile"):  # BCa is undefined on (near-)degenerate resamples
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", stats.DegenerateDataWarning)
@@ -273,6 +274,8 @@ class Difference:
             )
         if self.paired and np.all(self.a == self.b):
             return 1.0
+        from scipy import stats
+
         result = stats.permutation_test(
             (self.a, self.b), self._statistic, permutation_type="samples" if self.paired else "independent",
             vectorized=True, n_resamples=RESAMPLES, alternative="two-sided", batch=_batch((self.a, self.b)),

@@ -19,6 +19,7 @@ from matplotlib import colormaps
 from torch import nn
 
 from cnnaudit import evidence
+from cnnaudit.engine import AuditedModel
 from cnnaudit.images import as_batch
 from cnnaudit.layers import resolve_layer
 from cnnaudit.maximize.loop import forward_to, per_image_normalised, placement
@@ -62,7 +63,7 @@ def filter_grid(subject_or_model: Any, layer: str | None = None, *, limit: int =
     return _record(f"filters {layer}", grid(_enlarged(tiles), columns=min(columns, len(tiles))))
 
 
-def feature_map_grid(subject: Any, image: Any, layer: str, *, limit: int = 64, columns: int = 8,
+def feature_map_grid(subject: AuditedModel, image: Any, layer: str, *, limit: int = 64, columns: int = 8,
                      cmap: str = "viridis") -> np.ndarray:
     """The first ``limit`` channels of ``layer``'s output for one image, each scaled by its own min..max."""
     batch = as_batch(image)[:1].to(**placement(subject))
@@ -79,7 +80,7 @@ def feature_map_grid(subject: Any, image: Any, layer: str, *, limit: int = 64, c
     return _record(f"feature maps {layer}", grid(_enlarged(colored), columns=min(columns, len(colored))))
 
 
-def deepdream(subject: Any, image: Any, layer: str, *, channel: int | None = None, steps: int = 10,
+def deepdream(subject: AuditedModel, image: Any, layer: str, *, channel: int | None = None, steps: int = 10,
               lr: float = 0.02, octaves: int = 3, octave_scale: float = 1.4, jitter: int = 4, seed: int = 0) -> np.ndarray:
     """DeepDream: ascend ``J = mean(a^2)`` over ``layer``'s output (or ``mean(a[channel])``) from a photograph.
 
@@ -104,7 +105,7 @@ def deepdream(subject: Any, image: Any, layer: str, *, channel: int | None = Non
     return _record(f"deepdream {layer}" + ("" if channel is None else f" channel {channel}"), to_rgb8(x[0].cpu()))
 
 
-def _dream_step(subject: Any, module: nn.Module, x: torch.Tensor, channel: int | None, lr: float, jitter: int,
+def _dream_step(subject: AuditedModel, module: nn.Module, x: torch.Tensor, channel: int | None, lr: float, jitter: int,
                 generator: torch.Generator) -> torch.Tensor:
     dy, dx = (int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=generator))
     shifted = torch.roll(x, shifts=(dy, dx), dims=(2, 3)).requires_grad_(True)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from cnnaudit import layers
+from cnnaudit.engine import AuditedModel
 from cnnaudit.maximize import objectives
 from cnnaudit.maximize.loop import DEFAULT_LR, Settings, evaluate, forward_to, optimise, placement
 from cnnaudit.maximize.transforms import Transforms
@@ -18,7 +19,7 @@ PARAMS, SCHEDULES = ("fourier", "pixel"), (None, "multiscale")
 LOGIT_LAYERS = (None, "logits", "output")
 
 
-def maximize(subject: Any, layer: str | nn.Module | None, channels: Any = "all", *, objective: str = "channel",
+def maximize(subject: AuditedModel, layer: str | nn.Module | None, channels: Any = "all", *, objective: str = "channel",
              steps: int = 128, size: int = 128, seed: int = 0, param: str = "pixel",
              schedule: str | None = None, lr: float | None = None, transforms: Transforms | str | None = None,
              redirect_steps: int | None = None, offset: tuple[int, int] = (0, 0), batch_size: int | None = None) -> Visualizations:
@@ -79,7 +80,7 @@ def maximize(subject: Any, layer: str | nn.Module | None, channels: Any = "all",
             n_outputs = forward_to(subject, module, grey).shape[1]
         goal = objectives.build(objective, channels, n_outputs, classes=subject.classes,
                                 class_index=subject.class_index, offset=offset)
-        chunk = batch_size or getattr(subject, "batch_size", None) or len(goal)
+        chunk = batch_size or subject.batch_size or len(goal)
         finals, start_values, final_values = [], [], []
         for lo in range(0, len(goal), chunk):
             part = goal.select(range(lo, min(lo + chunk, len(goal))))

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from cnnaudit import evidence
+from cnnaudit.engine import AuditedModel
 from cnnaudit.images import as_batch, iter_batches
 from cnnaudit.maximize import reach, stats
 from cnnaudit.maximize.loop import Settings, forward_to, placement
@@ -63,7 +64,7 @@ class Visualizations:
     """
 
     def __init__(self, images: torch.Tensor, *, layer: str, objective: Objective, settings: Settings,
-                 start: torch.Tensor, achieved: torch.Tensor, subject: Any, module: nn.Module | None,
+                 start: torch.Tensor, achieved: torch.Tensor, subject: AuditedModel, module: nn.Module | None,
                  rerun: Callable[..., Visualizations]) -> None:
         self.images = images.detach().float().cpu()
         self.layer = layer
@@ -143,7 +144,7 @@ class Visualizations:
         patch) and the id of that image (``images.ids``, else its index)."""
         best, where = np.full(len(self), -np.inf), np.zeros(len(self), dtype=np.int64)
         with self.subject.audit(), torch.no_grad():
-            for start, batch in iter_batches(images, getattr(self.subject, "batch_size", 32)):
+            for start, batch in iter_batches(images, self.subject.batch_size):
                 out = forward_to(self.subject, self._module, batch.to(**placement(self.subject)))
                 values = self.objective.reference(out).double().cpu().numpy()
                 top = values.max(axis=0)
@@ -159,7 +160,7 @@ class Visualizations:
         done = self._searched.setdefault(eps, {})
         missing = [k for k in positions if k not in done]
         if missing:
-            batch_size = getattr(self.subject, "batch_size", None) or len(missing)
+            batch_size = self.subject.batch_size or len(missing)
             with evidence.paused(), self.subject.audit():
                 found = reach.search(self.subject, self._module, self.objective.select(missing), self.settings, eps, batch_size)
             done.update(zip(missing, found))
