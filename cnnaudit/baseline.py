@@ -176,7 +176,7 @@ class BaselineLookup:
         )
 
 
-def recorded_scores(nodeid: str, key: str, scores: Any, subject: Any, environment: dict | None) -> StoredScores:
+def recorded_scores(nodeid: str, key: str, scores: Any, subject: object, environment: dict | None) -> StoredScores:
     """``scores`` as :func:`save` would store it and :class:`Baseline` read it back (summary, model, environment)."""
     from cnnaudit.records import model_identity
     from cnnaudit.summaries import summarize

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnaudit import evidence, metrics
+from cnnaudit.engine import AuditedModel
 
 if TYPE_CHECKING:
     from cnnaudit.scores import Scores
@@ -39,7 +40,7 @@ class Heatmaps:
         targets: torch.Tensor | Sequence[int] | None = None,
         images: Any = None,
         ids: Sequence[str] | None = None,
-        subject: Any = None,
+        subject: AuditedModel | None = None,
     ) -> None:
         if raw.ndim != 3:
             raise ValueError(f"raw maps must be shaped (N,h,w), got {tuple(raw.shape)}")
@@ -135,12 +136,12 @@ class Heatmaps:
         """Relevance rank accuracy (see :func:`cnnaudit.metrics.rank_accuracy`)."""
         return metrics.rank_accuracy(self, regions)
 
-    def deletion(self, subject: Any = None, *, steps: int = metrics.CURVE_STEPS,
+    def deletion(self, subject: AuditedModel | None = None, *, steps: int = metrics.CURVE_STEPS,
                  substrate: Any = metrics.DELETION_SUBSTRATE) -> "Scores":
         """RISE deletion AUC, lower is better (see :func:`cnnaudit.metrics.deletion`)."""
         return metrics.deletion(self, subject, steps=steps, substrate=substrate)
 
-    def insertion(self, subject: Any = None, *, steps: int = metrics.CURVE_STEPS,
+    def insertion(self, subject: AuditedModel | None = None, *, steps: int = metrics.CURVE_STEPS,
                   substrate: Any = metrics.INSERTION_SUBSTRATE) -> "Scores":
         """RISE insertion AUC, higher is better (see :func:`cnnaudit.metrics.insertion`)."""
         return metrics.insertion(self, subject, steps=steps, substrate=substrate)

@@ -303,7 +303,7 @@ class EvidenceRecorder:
                     out[label].append(saved)
         return out
 
-    def _note_subject(self, subject: Any) -> None:
+    def _note_subject(self, subject: object) -> None:
         if subject is None or id(subject) in self._subjects:
             return
         self._subjects.add(id(subject))
@@ -464,7 +464,7 @@ def _identity_of_source(scores: Any) -> dict | None:
     return model_identity(getattr((getattr(scores, "source", None) or {}).get("heatmaps"), "subject", None))
 
 
-def model_identity(subject: Any) -> dict | None:
+def model_identity(subject: object) -> dict | None:
     """``subject.identity()`` (model class, parameter count, state hash), or ``None`` for an object without one."""
     identity = getattr(subject, "identity", None)
     return identity() if callable(identity) else None

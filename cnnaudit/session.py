@@ -175,7 +175,7 @@ class AuditSession:
     def baseline_lookup(self, nodeid: str, recorder: Any) -> BaselineLookup:
         """The ``baseline`` fixture's callable for test ``nodeid``."""
 
-        def environment(subject: Any) -> dict:
+        def environment(subject: object) -> dict:
             return device_identity(getattr(subject, "device", None) or self.device)
 
         key_of = recorder.key_of if recorder is not None else (lambda scores: str(scores.name))
