@@ -87,14 +87,18 @@ def enrichment(heatmaps: Maps, regions: Any) -> Scores:
 def pointing_game(heatmaps: Maps, regions: Any, tolerance: float = POINTING_TOLERANCE) -> Scores:
     """Does the map's maximum fall on the region? (Zhang et al., "Top-down neural attention by excitation backprop", 2016).
 
-    ``P = {p : M(p) = max M}`` (exact ties); ``Z = {p : dist(p, R) <= tolerance}`` (Euclidean, pixels,
-    at input resolution; ``tolerance=0`` means ``Z = R``). Score ``|P ∩ Z| / |P|``: 1 or 0 for a
-    unique maximum; with tied maxima, the probability that a maximum picked at random hits.
-    Computed on the maps' device.
+    ``P = {p : M(p) >= max M * (1 - 16 eps)}``: the maxima, ties included, where ``eps`` is the
+    rounding unit of the maps' dtype (bilinear upsampling of equal layer values gives values a few
+    units apart: a flat 6x9 map at 50x70 px has 3 pixels exactly at its float32 maximum, not 3,500);
+    ``Z = {p : dist(p, R) <= tolerance}`` (Euclidean, pixels, at input resolution; ``tolerance=0``
+    means ``Z = R``). Score ``|P ∩ Z| / |P|``: 1 or 0 for a unique maximum; with tied maxima, the
+    probability that a maximum picked at random hits (a flat map scores the region's area fraction,
+    chance). Computed on the maps' device.
     """
 
     def compute(mass: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        peaks = mass == mass.flatten(1).amax(1)[:, None, None]
+        tie = 1.0 - 16 * torch.finfo(mass.dtype).eps
+        peaks = mass >= mass.flatten(1).amax(1)[:, None, None] * tie
         zones = within_distance(masks, tolerance)
         return (peaks & zones).sum(dim=(1, 2), dtype=torch.float64) / peaks.sum(dim=(1, 2), dtype=torch.float64)
 

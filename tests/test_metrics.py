@@ -93,6 +93,23 @@ def test_pointing_game_tolerance_and_ties():
     assert one(metrics.pointing_game(heatmaps(torch.ones(8, 8), size=(8, 8)), region, tolerance=0)) == pytest.approx(16 / 64)
 
 
+@pytest.mark.parametrize("layer, size", [((6, 9), (50, 70)), ((2, 2), (64, 64))])
+def test_a_flat_map_upsampled_scores_chance(layer, size):
+    """Bilinear upsampling of equal layer values rounds them a few float32 units apart (a flat 6x9 map at
+    50x70 px has 3 pixels exactly at its maximum, so it scored 0.667 for a 10x10 box, and a 2x2 one at
+    64x64 scored 0): ties within the dtype's rounding count as ties, and a flat map scores the area fraction."""
+    maps = Heatmaps(torch.full((1, *layer), 0.37), image_size=size, method="test")
+    mass = maps.mass[0]
+    assert (mass == mass.max()).sum() < mass.numel()  # the rounding this test is about is there
+    assert one(metrics.pointing_game(maps, [(0, 0, 10, 10)], tolerance=0)) == pytest.approx(100 / (size[0] * size[1]))
+    peaked = torch.full((1, *layer), 0.37)
+    peaked[0, 0, 0] = 0.38  # a real maximum, 3% above the rest: its plateau in the top-left quadrant, nothing else
+    quadrant = [(0, 0, size[1] // 2, size[0] // 2)]
+    assert one(metrics.pointing_game(Heatmaps(peaked, image_size=size, method="test"), quadrant, tolerance=0)) == 1.0
+    assert one(metrics.pointing_game(Heatmaps(peaked, image_size=size, method="test"), [(size[1] // 2, 0, size[1], size[0])],
+                                     tolerance=0)) == 0.0
+
+
 @pytest.mark.parametrize("tolerance", [0.5, 1, 1.5, 2.9, 3, math.sqrt(8), 7.5, 15, 100])
 def test_within_distance_is_the_euclidean_distance_transform(tolerance):
     """The device dilation against scipy's exact distance transform, on sparse random masks (non-square, ragged edges)."""
