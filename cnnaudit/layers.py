@@ -218,18 +218,30 @@ def _is_global_pooling(event: _Event) -> bool:
 
 
 def _is_reduction(event: _Event) -> bool:
+    """Global pooling, a non-4-D output, or a module that collapses a spatial input to 1x1 (a head
+    such as SqueezeNet's ``classifier``, whose last step is a global pooling)."""
     shape = event.output_shape
-    return shape is not None and (len(shape) != 4 or _is_global_pooling(event))
+    if shape is None:
+        return False
+    return len(shape) != 4 or _is_global_pooling(event) or (_is_point(shape) and not _is_point(event.input_shape))
+
+
+def _is_point(shape: tuple[int, ...] | None) -> bool:
+    """A 4-D shape whose spatial size is 1x1."""
+    return shape is not None and len(shape) == 4 and shape[2:] == (1, 1)
 
 
 def auto_layer(model: nn.Module, probe_input: torch.Tensor) -> str:
-    """Name of the last module with a 4-D ``(N,C,h,w)`` output before global pooling.
+    """Name of the last module with a spatial 4-D ``(N,C,h,w)`` output (``h * w > 1``) before the head.
 
     Modules are taken in the order they finish in one probe pass. The head starts at the first
-    *reduction* (a global pooling module, or a module whose output is not 4-D) that is not nested
-    inside a module with a 4-D output, so squeeze-excitation pooling inside a block does not
-    count. Pooling modules themselves are never picked. For a residual network this gives
-    ``layer4``, for torchvision VGG / DenseNet / MobileNet / EfficientNet ``features``.
+    *reduction* (a global pooling module, a module whose output is not 4-D, or one that collapses a
+    spatial input to 1x1) that is not nested inside a module with a 4-D output, so squeeze-excitation
+    pooling inside a block does not count; the head is the outermost module around it that is itself
+    a reduction, and nothing inside it is picked (if that leaves nothing, the next one in: AlexNet at
+    64 px, whose ``features`` end in a pooling to 1x1). Pooling modules and 1x1 outputs are never picked.
+    For a residual network this gives ``layer4``, for torchvision VGG / DenseNet / MobileNet /
+    EfficientNet / SqueezeNet ``features``.
     """
     events = probe(model, probe_input)
     first: dict[str, _Event] = {}
@@ -244,12 +256,28 @@ def auto_layer(model: nn.Module, probe_input: torch.Tensor) -> str:
             for a in ancestors
         )
 
-    picked: str | None = None
-    for event in events:
+    def within(name: str, root: str) -> bool:
+        return name == root or name.startswith(root + ".")
+
+    def eligible(event: _Event) -> bool:
+        shape = event.output_shape
+        return shape is not None and len(shape) == 4 and not _is_point(shape) and not _is_global_pooling(event)
+
+    end, roots = len(events), [""]
+    for position, event in enumerate(events):
         if _is_reduction(event) and not inside_feature_module(event.name):
+            # the head: the outermost module around this reduction that is itself one (SqueezeNet's
+            # classifier: conv, ReLU, global pooling - class maps, not features), else the next one in
+            parts = event.name.split(".")
+            prefixes = (".".join(parts[:i]) for i in range(1, len(parts) + 1))
+            end, roots = position, [p for p in prefixes if p in first and _is_reduction(first[p])]
             break
-        if event.output_shape is not None and len(event.output_shape) == 4 and not _is_global_pooling(event):
-            picked = event.name
+    picked = None
+    for root in roots:
+        candidates = [e for e in events[:end] if not (root and within(e.name, root))]
+        picked = next((event.name for event in reversed(candidates) if eligible(event)), None)
+        if picked is not None:
+            break
     if picked is None:
         raise ValueError(
             "layer='auto' found no module with a 4-D (N,C,h,w) output before the model's head; "

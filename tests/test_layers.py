@@ -113,3 +113,22 @@ def test_layer_may_be_given_as_a_module(tiny_cnn, images16):
     subject = ca.Subject(tiny_cnn, layer=tiny_cnn.features[2], device="cpu")
     assert subject.layer == "features.2"
     assert subject.gradcam(images16, layer=tiny_cnn.features[0]).layer == "features.0"
+
+
+def test_auto_never_picks_a_layer_after_global_pooling_and_a_1x1_map_is_refused():
+    """SqueezeNet's classifier (dropout, 1x1 conv, ReLU, global pooling) outputs (N, classes, 1, 1): it was
+    picked, and every map was constant (mass_in of a 1/16 box = 0.0625). The head now starts at the
+    classifier, so auto is the backbone's `features`; AlexNet at 64 px, whose `features` end in a pooling
+    to 1x1, gets the last spatial layer inside them."""
+    import cnnaudit as ca
+
+    squeezenet = torchvision.models.squeezenet1_1(weights=None, num_classes=10).eval()
+    assert auto_layer(squeezenet, torch.zeros(1, 3, 64, 64)) == "features"
+    alexnet = torchvision.models.alexnet(weights=None, num_classes=10).eval()
+    assert auto_layer(alexnet, torch.zeros(1, 3, 64, 64)) == "features.11"
+    assert auto_layer(alexnet, torch.zeros(1, 3, 224, 224)) == "features"
+    subject = ca.Subject(squeezenet, device="cpu", cache=False)
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert subject.gradcam(images, target=0).layer == "features"
+    with pytest.raises(ValueError, match=r"layer 'classifier' outputs a 1x1 map per channel .* every heatmap would be constant"):
+        subject.gradcam(images, target=0, layer="classifier")

@@ -126,6 +126,12 @@ def _feature_map(recording: hooks.Recording, layer: str) -> torch.Tensor:
             f"layer {layer!r} outputs shape {tuple(A.shape)}, but CAM methods need a 4-D (N,C,h,w) feature map; "
             "pick a convolutional layer from subject.layers()"
         )
+    if A.shape[-2:] == (1, 1):
+        raise ValueError(
+            f"layer {layer!r} outputs a 1x1 map per channel (shape {tuple(A.shape)}: after global pooling), so every "
+            "heatmap would be constant and mass_in of any region would be its area fraction; pick a layer with a "
+            "spatial output from subject.layers() (layer='auto' picks the last one before the head)"
+        )
     return A
 
 
