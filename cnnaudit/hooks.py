@@ -57,15 +57,11 @@ def observing(modules: Mapping[str, nn.Module], observe: Observer) -> Iterator[N
     handles = []
     try:
         for name, module in modules.items():
-            handles.append(module.register_forward_hook(functools.partial(_observe, observe, name)))
+            handles.append(module.register_forward_hook(functools.partial(observe, name)))
         yield
     finally:
         for handle in handles:
             handle.remove()
-
-
-def _observe(observe: Observer, name: str, module: nn.Module, inputs: tuple, output: object) -> object:
-    return observe(name, module, inputs, output)
 
 
 def _tensor_output(what: str, module: nn.Module, output: object) -> torch.Tensor:
