@@ -1,31 +1,41 @@
-"""Baselines: the Scores summaries of a reference run, to gate later runs against.
+"""Baselines: the Scores of a reference run, per image, to gate later runs against.
 
 A baseline file (JSON, written with ``--cnnaudit-save-baseline=PATH``) holds, per test node id, the
-environment the test ran in (torch version, device type, GPU model) and, per recorded Scores key
-(its name; ``name#2``… for repeats within the test), the summary: ``n``, ``n_undefined``, ``mean``,
-``median``, ``min``, ``max``, ``ci`` and quantiles, with the identity of the model behind it.
-Saving replaces the entries of the tests that ran and keeps the others, so a partial run refreshes
-only what it ran.
+environment the test ran in (torch version, device type, GPU model), the image ids of its Scores
+(``ids``: each distinct list once) and, per recorded Scores key (its name; ``name#2``… for repeats
+within the test), the summary (``n``, ``n_undefined``, ``mean``, ``median``, ``min``, ``max``, ``ci``,
+quantiles, the identity of the model behind it), the per-image ``values`` (``null`` where undefined,
+full float precision) and the index of its id list. Saving replaces the entries of the tests that ran
+and keeps the others, so a partial run refreshes only what it ran.
 
-In an audit, ``baseline(scores)`` returns the stored summary of the same test and key as a
-:class:`StoredScores`, whose methods mirror ``Scores``: ``baseline(mass).mean()``. In a run that
-saves a baseline, a Scores without a stored entry is answered with its own summary (the gate
-compares it with itself) and a :class:`BaselineRecordingWarning` says so, so the recording run passes.
+In an audit, ``baseline(scores)`` returns the stored Scores of the same test and key as a
+:class:`StoredScores`, a ``Scores`` with the stored values and ids: ``baseline(mass).mean()``, and
+``compare(mass, baseline(mass))`` is paired on the shared images. Version-1 files (summaries only)
+still load: their entries are :class:`StoredSummary` (statistics, no per-image values), which
+``compare`` refuses with a message saying to re-record. In a run that saves a baseline, a Scores
+without a stored entry is answered with itself (the gate compares it with itself) and a
+:class:`BaselineRecordingWarning` says so, so the recording run passes.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
+import secrets
 import stat
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+if TYPE_CHECKING:
+    from cnnaudit.stored import StoredScores, StoredSummary
 
 FORMAT = "cnnaudit-baseline"
-VERSION = 1
-_STORED = ("name", "unit", "n", "n_undefined", "mean", "median", "min", "max", "ci", "quantiles", "model")
+VERSION = 2
+READABLE = (1, 2)
+_SUMMARY = ("name", "unit", "n", "n_undefined", "mean", "median", "min", "max", "ci", "quantiles", "model")
 
 
 class BaselineMissing(LookupError):
@@ -37,58 +47,7 @@ class BaselineEnvironmentWarning(UserWarning):
 
 
 class BaselineRecordingWarning(UserWarning):
-    """A run that saves a baseline answered ``baseline(scores)`` with the Scores' own summary (no stored entry)."""
-
-
-@dataclass(frozen=True)
-class StoredInterval:
-    """A confidence interval read from a baseline."""
-
-    low: float | None
-    high: float | None
-    level: float
-
-
-class StoredScores:
-    """A Scores summary from a baseline: ``n``, ``n_undefined``, ``mean()``, ``median()``, ``min()``,
-    ``max()``, ``quantile(q)`` for the stored ``q`` and ``ci()`` at the stored level."""
-
-    def __init__(self, nodeid: str, key: str, summary: dict, environment: dict | None) -> None:
-        self.nodeid = nodeid
-        self.key = key
-        self.name = summary["name"]
-        self.n = summary["n"]
-        self.n_undefined = summary["n_undefined"]
-        self.model = summary.get("model")
-        self.environment = environment
-        self._summary = summary
-
-    def __repr__(self) -> str:
-        return f"StoredScores({self.key!r} of {self.nodeid!r}, n={self.n}, mean={self._summary['mean']})"
-
-    def mean(self) -> float | None:
-        return self._summary["mean"]
-
-    def median(self) -> float | None:
-        return self._summary["median"]
-
-    def min(self) -> float | None:
-        return self._summary["min"]
-
-    def max(self) -> float | None:
-        return self._summary["max"]
-
-    def quantile(self, q: float) -> float | None:
-        stored = self._summary["quantiles"]
-        if str(float(q)) not in stored:
-            raise KeyError(f"the baseline stores quantiles at {', '.join(stored)} only, not {q}")
-        return stored[str(float(q))]
-
-    def ci(self, level: float = 0.95) -> StoredInterval:
-        ci = self._summary["ci"] or {"low": None, "high": None, "level": level}
-        if abs(ci["level"] - level) > 1e-9:
-            raise ValueError(f"the baseline stores the {ci['level']:.0%} interval, not the {level:.0%} one")
-        return StoredInterval(ci["low"], ci["high"], ci["level"])
+    """A run that saves a baseline answered ``baseline(scores)`` with the Scores itself (no stored entry)."""
 
 
 class Baseline:
@@ -99,18 +58,25 @@ class Baseline:
         self.exists = self.path.is_file()
         self.tests: dict[str, dict] = read(self.path) if self.exists else {}
 
+    @property
+    def summary_only(self) -> int:
+        """How many stored Scores have no per-image values (version-1 entries: no paired comparison)."""
+        return sum("values" not in entry for test in self.tests.values() for entry in test.get("scores", {}).values())
+
     def entry(self, nodeid: str, key: str) -> dict | None:
-        """The stored summary of Scores ``key`` in test ``nodeid``, or ``None``."""
+        """The stored entry (summary, and ``values`` and ``ids`` when per image) of Scores ``key`` in test ``nodeid``."""
         return self.tests.get(nodeid, {}).get("scores", {}).get(key)
 
-    def lookup(self, nodeid: str, key: str, *, environment: dict | None) -> StoredScores:
+    def lookup(self, nodeid: str, key: str, *, environment: dict | None) -> StoredScores | StoredSummary:
         """The stored Scores, warning if ``environment`` (torch, device, GPU) differs from the stored one."""
+        from cnnaudit.stored import StoredScores, StoredSummary
+
         __tracebackhide__ = True
         how = f"create or refresh it by running this test with --cnnaudit-save-baseline={self.path}"
         if not self.exists:
             raise BaselineMissing(f"baseline file {self.path} does not exist (test {nodeid!r}, Scores {key!r}); {how}")
-        summary = self.entry(nodeid, key)
-        if summary is None:
+        entry = self.entry(nodeid, key)
+        if entry is None:
             stored = sorted(self.tests.get(nodeid, {}).get("scores", {}))
             has = f"it has {', '.join(map(repr, stored))} for this test" if stored else "it has no entry for this test"
             raise BaselineMissing(f"no baseline for Scores {key!r} of test {nodeid!r} in {self.path} ({has}); {how}")
@@ -125,18 +91,20 @@ class Baseline:
                 ),
                 stacklevel=3,
             )
-        return StoredScores(nodeid, key, summary, stored_env)
+        if "values" not in entry:
+            return StoredSummary(nodeid, key, entry, stored_env, self.path)
+        return StoredScores(nodeid, key, entry, entry.get("ids"), stored_env)
 
 
 class BaselineLookup:
-    """The ``baseline`` fixture's value: ``baseline(scores)`` -> the stored summary for this test.
+    """The ``baseline`` fixture's value: ``baseline(scores)`` -> the stored Scores of this test.
 
     With ``saving_to`` (the run saves a baseline there), a Scores without a stored entry is answered
     from the recording itself; :attr:`recorded` lists the keys answered so.
     """
 
-    def __init__(self, baseline: Baseline | None, nodeid: str, key_of: Any, environment: Any,
-                 saving_to: Path | None = None) -> None:
+    def __init__(self, baseline: Baseline | None, nodeid: str, key_of: Callable[[Any], str],
+                 environment: Callable[[object], dict], saving_to: Path | None = None) -> None:
         self._baseline = baseline
         self._nodeid = nodeid
         self._key_of = key_of
@@ -147,11 +115,12 @@ class BaselineLookup:
     def __repr__(self) -> str:
         return f"BaselineLookup({str(self._baseline.path) if self._baseline else None!r}, test={self._nodeid!r})"
 
-    def __call__(self, scores: Any) -> StoredScores:
+    def __call__(self, scores: Any) -> StoredScores | StoredSummary:
         __tracebackhide__ = True  # pytest shows the audit's line, not this one
         key = self._key_of(scores)
         subject = getattr((getattr(scores, "source", None) or {}).get("heatmaps"), "subject", None)
-        if self._saving_to is not None and (self._baseline is None or self._baseline.entry(self._nodeid, key) is None):
+        stored = None if self._baseline is None else self._baseline.entry(self._nodeid, key)
+        if self._saving_to is not None and (stored is None or "values" not in stored):  # none, or an old summary
             warnings.warn(BaselineRecordingWarning(self._recording_message(key)), stacklevel=2)
             if key not in self.recorded:
                 self.recorded.append(key)
@@ -163,27 +132,41 @@ class BaselineLookup:
             )
         return self._baseline.lookup(self._nodeid, key, environment=self._environment(subject))
 
+    def _state(self, key: str) -> str:
+        if not self._baseline.exists:
+            return "does not exist"
+        return "has no entry for it" if self._baseline.entry(self._nodeid, key) is None else "has only its summary (version 1)"
+
     def _recording_message(self, key: str) -> str:
         if self._baseline is None:
             why = "no --cnnaudit-baseline given"
         elif self._baseline.path == self._saving_to:
-            why = f"the file {'has no entry for it' if self._baseline.exists else 'does not exist'} yet"
+            why = f"the file {self._state(key)} yet"
         else:
-            why = f"baseline file {self._baseline.path} {'has no entry for it' if self._baseline.exists else 'does not exist'}"
+            why = f"baseline file {self._baseline.path} {self._state(key)}"
         return (
             f"recording the baseline of Scores {key!r} of test {self._nodeid!r} to {self._saving_to} ({why}); "
-            "baseline(...) returned the Scores' own summary, so this run's gate compared the Scores with itself"
+            "baseline(...) returned the Scores itself, so this run's gate compared the Scores with itself"
         )
 
 
 def recorded_scores(nodeid: str, key: str, scores: Any, subject: object, environment: dict | None) -> StoredScores:
-    """``scores`` as :func:`save` would store it and :class:`Baseline` read it back (summary, model, environment)."""
+    """``scores`` as :func:`save` would store it and :class:`Baseline` read it back (values, ids, summary, model)."""
     from cnnaudit.records import model_identity
-    from cnnaudit.summaries import summarize
+    from cnnaudit.stored import StoredScores
+    from cnnaudit.summaries import per_image, summarize
 
-    summary = {**summarize(scores), "model": model_identity(subject)}
-    stored = json.loads(json.dumps({k: summary[k] for k in _STORED}))  # the same JSON round trip as the file
-    return StoredScores(nodeid, key, stored, environment)
+    entry = {**summarize(scores), "model": model_identity(subject), **per_image(scores)}
+    stored = json.loads(json.dumps(_stored(entry)))  # the same JSON round trip as the file
+    return StoredScores(nodeid, key, stored, stored["ids"], environment)
+
+
+def _stored(entry: dict) -> dict:
+    """What a baseline keeps of a recorded Scores entry: the summary, and the per-image values and ids."""
+    kept = {k: entry[k] for k in _SUMMARY}
+    if "values" in entry:
+        kept.update(values=entry["values"], ids=entry["ids"])
+    return kept
 
 
 def environment_differences(stored: dict | None, current: dict | None) -> list[str]:
@@ -194,16 +177,25 @@ def environment_differences(stored: dict | None, current: dict | None) -> list[s
 
 
 def read(path: Path) -> dict[str, dict]:
-    """The ``tests`` of a baseline file; ``ValueError`` if it is not one."""
+    """The ``tests`` of a baseline file, each Scores entry with its own ``ids`` list; ``ValueError`` if it is not one."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
         raise ValueError(f"cannot read baseline file {path}: {error}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"{path} is not a cnnaudit baseline file (expected \"format\": \"{FORMAT}\")")
-    if data.get("version") != VERSION:
-        raise ValueError(f"{path} is a version {data.get('version')} baseline; this cnnaudit reads version {VERSION}")
-    return data["tests"]
+    if data.get("version") not in READABLE:
+        raise ValueError(
+            f"{path} is a version {data.get('version')} baseline; this cnnaudit reads versions "
+            f"{', '.join(map(str, READABLE))}: re-record it with --cnnaudit-save-baseline"
+        )
+    tests = data["tests"]
+    for test in tests.values():
+        table = test.pop("ids", [])
+        for entry in test.get("scores", {}).values():
+            if "values" in entry:
+                entry["ids"] = None if entry.get("ids") is None else table[entry["ids"]]
+    return tests
 
 
 def check_writable(path: Path) -> None:
@@ -243,9 +235,46 @@ def save(path: Path, results: Iterable[tuple[str, str, dict | None]]) -> tuple[i
         unreached = {} if outcome == "passed" else tests.get(nodeid, {}).get("scores", {})
         tests[nodeid] = {
             "environment": evidence["environment"],
-            "scores": {**unreached, **{s["key"]: {k: s[k] for k in _STORED} for s in scores}},
+            "scores": {**unreached, **{s["key"]: _stored(s) for s in scores}},
         }
         stored += len(scores)
     with atomic_open(path) as handle:
-        json.dump({"format": FORMAT, "version": VERSION, "tests": dict(sorted(tests.items()))}, handle, indent=1)
+        handle.write(_dumps({"format": FORMAT, "version": VERSION, "tests": _with_id_tables(tests)}))
     return stored, sum(len(entry.get("scores", {})) for entry in tests.values()) - stored
+
+
+def _with_id_tables(tests: dict[str, dict]) -> dict[str, dict]:
+    """``tests`` sorted, each test's distinct id lists stored once (``ids``) and referred to by index."""
+    out = {}
+    for nodeid, test in sorted(tests.items()):
+        table: list[list[str]] = []
+        scores = {}
+        for key, entry in test.get("scores", {}).items():
+            entry = dict(entry)
+            if entry.get("ids") is not None:
+                if entry["ids"] not in table:
+                    table.append(entry["ids"])
+                entry["ids"] = table.index(entry["ids"])
+            scores[key] = entry
+        out[nodeid] = {"environment": test.get("environment"), "ids": table, "scores": scores}
+    return out
+
+
+def _dumps(doc: dict) -> str:
+    """``doc`` as indented JSON with each list of numbers or strings (a Scores' values, an id list) on one
+    line: a file a person can read and diff, one line per Scores however many images it has."""
+    flat: list[str] = []
+    tag = secrets.token_hex(8)  # no string in the data can be a placeholder
+
+    def mark(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: mark(v) for k, v in node.items()}
+        if isinstance(node, list) and node and not any(isinstance(v, (dict, list)) for v in node):
+            flat.append(json.dumps(node, allow_nan=False, ensure_ascii=False))
+            return f"\u0000{tag}:{len(flat) - 1}"
+        if isinstance(node, list):
+            return [mark(v) for v in node]
+        return node
+
+    text = json.dumps(mark(doc), indent=1, allow_nan=False, ensure_ascii=False)
+    return re.sub(rf'"\\u0000{tag}:(\d+)"', lambda match: flat[int(match.group(1))], text) + "\n"

@@ -92,9 +92,9 @@ def _runs_on_workers(config: pytest.Config) -> bool:
 
 class _Recording:
     """Registered on every process (controller and xdist workers) only when the run records: opens a
-    recorder around each test, keeps fixtures shared between tests out of any test's evidence, notes
-    failed numeric comparisons, and hands each test's evidence to its report (the pytest-mpl way: a run
-    that records nothing has none of these hooks)."""
+    recorder around each test (which also takes the gates the audit makes: :mod:`cnnaudit.gates`),
+    keeps fixtures shared between tests out of any test's evidence, and hands each test's evidence to
+    its report (the pytest-mpl way: a run that records nothing has none of these hooks)."""
 
     def __init__(self, session: AuditSession) -> None:
         self.session = session
@@ -133,12 +133,6 @@ class _Recording:
         report = yield
         report.cnnaudit = payload  # travels with the report to the xdist controller
         return report
-
-    def pytest_assertrepr_compare(self, config: pytest.Config, op: str, left: Any, right: Any) -> None:
-        """Note failed numeric comparisons so the report can mark the threshold a Scores missed."""
-        recorder = _evidence.current()
-        if recorder is not None and hasattr(recorder, "compared"):
-            recorder.compared(op, left, right)
 
 
 class _Collector:

@@ -23,8 +23,6 @@ was downscaled from. An image no larger than its thumbnail is one file, used for
 
 from __future__ import annotations
 
-import math
-import operator
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -32,17 +30,7 @@ from typing import Any, Callable
 import numpy as np
 
 from cnnaudit.safe_text import digest
-from cnnaudit.summaries import (
-    MIRRORED,
-    delta,
-    difference_statistics,
-    histogram,
-    markers,
-    match_thresholds,
-    statistics,
-    summarize,
-    summarize_difference,
-)
+from cnnaudit.summaries import delta, gate, histogram, markers, per_image, summarize, summarize_difference
 
 OVERLAYS_PER_HEATMAPS = 8
 EXTREMES_PER_SCORES = 4
@@ -52,21 +40,23 @@ THUMBNAIL_SIDE = 128
 EVIDENCE_SIDE = 1024
 """Longest side of a stored evidence image: what the report's lightbox shows on a screen."""
 GRID_THUMBNAIL_SIDE = 320
-_HOLDS = {"<": operator.lt, ">": operator.gt, "<=": operator.le, ">=": operator.ge, "==": operator.eq, "!=": operator.ne}
 
 
 class EvidenceRecorder:
     """Collects one test's evidence; images go to ``image_dir`` (``None``: record numbers only).
 
     ``index`` is the test's position in collection order (the report's order within an outcome).
-    ``device`` is the session's audit device, recorded with the scores for baselines.
+    ``device`` is the session's audit device, recorded with the scores for baselines. ``per_image``:
+    keep each Scores' values and ids in its summary (a run that saves a baseline stores them).
     """
 
-    def __init__(self, nodeid: str, image_dir: Path | None, *, index: int = 0, device: str = "cpu") -> None:
+    def __init__(self, nodeid: str, image_dir: Path | None, *, index: int = 0, device: str = "cpu",
+                 per_image: bool = False) -> None:
         self.nodeid = nodeid
         self.image_dir = image_dir
         self.index = index
         self.device = device
+        self.per_image = per_image
         self._prefix = digest(nodeid)
         self._written = 0
         self._dropped = 0
@@ -81,7 +71,7 @@ class EvidenceRecorder:
         self._subjects: set[int] = set()
         self._subject_device: str | None = None
         self._seeds: set[int] = set()
-        self._comparisons: list[tuple[str, float, float]] = []
+        self._gates: dict[tuple[int, str, str, float], tuple[Any, str, str, float, float, bool]] = {}
         self._drawn: tuple[Any, dict[int, np.ndarray]] = (None, {})
 
     def __repr__(self) -> str:
@@ -117,15 +107,13 @@ class EvidenceRecorder:
         """Attach a line of text to this test."""
         self._notes.append(str(text))
 
-    def compared(self, op: str, left: Any, right: Any) -> None:
-        """Remember a failed numeric assertion ``left op right``; :meth:`finish` matches it to a statistic.
-
-        Comparisons that hold are ignored: pytest explains every comparison of a failed
-        ``assert x < a and y > b``, the ones that passed included.
-        """
-        if op in MIRRORED and _is_number(left) and _is_number(right) and math.isfinite(left) and math.isfinite(right):
-            if not _HOLDS[op](float(left), float(right)):
-                self._comparisons.append((op, float(left), float(right)))
+    def gated(self, statistic: Any, op: str, threshold: float, holds: bool) -> None:
+        """Remember a comparison the audit made with a :class:`~cnnaudit.gates.Statistic` (passed or failed);
+        the same comparison made again (in a loop, a retry) replaces the earlier one."""
+        owner = statistic.owner
+        self._gates.pop((id(owner), statistic.expression, op, threshold), None)
+        self._gates[(id(owner), statistic.expression, op, threshold)] = (owner, statistic.expression, op, threshold,
+                                                                         float(statistic), holds)
 
     def key_of(self, scores: Any) -> str:
         """The key ``scores`` is recorded under in this test (its name, ``#2``… for repeats).
@@ -148,12 +136,20 @@ class EvidenceRecorder:
 
         The recorder lets go of the Scores and Differences it held (and the heatmaps and images behind them).
         """
-        comparisons = self._summaries("comparison", self._differences, self._comparison_summary)
-        self._differences = []
-        scores = self._summaries(
-            "Scores", self._scores, lambda key, obj, images: self._scores_summary(key, obj, images, baseline_entry)
+        gates = self._gate_summaries()
+
+        def thresholds(kind: str, key: str) -> list[dict]:
+            return [{k: v for k, v in g.items() if k not in ("key", "kind")} for g in gates if (g["kind"], g["key"]) == (kind, key)]
+
+        comparisons = self._summaries(
+            "comparison", self._differences,
+            lambda key, diff, side_keys: {**self._comparison_summary(key, diff, side_keys), "thresholds": thresholds("comparison", key)},
         )
-        self._scores, self._keys, self._drawn = [], {}, (None, {})
+        scores = self._summaries(
+            "Scores", self._scores,
+            lambda key, obj, images: self._scores_summary(key, obj, images, baseline_entry, thresholds("scores", key)),
+        )
+        self._scores, self._keys, self._differences, self._gates, self._drawn = [], {}, [], {}, (None, {})
         if "torch" in sys.modules:
             self._seeds.add(int(sys.modules["torch"].initial_seed()))
         environment = None
@@ -165,6 +161,7 @@ class EvidenceRecorder:
             "index": self.index,
             "scores": scores,
             "comparisons": comparisons,
+            "gates": gates,
             "heatmaps": self._heatmaps,
             "visualizations": self._visualizations,
             "images": self._images,
@@ -185,19 +182,38 @@ class EvidenceRecorder:
                 self.note(f"cnnaudit could not summarise {kind} {entry[0]!r}: {type(error).__name__}: {error}")
         return done
 
+    def _gate_summaries(self) -> list[dict]:
+        """The gates the audit made, in order, each with the ``key`` and ``kind`` of what it gated:
+        ``scores`` or ``comparison`` of this test, ``baseline`` (a stored Scores), or ``other`` (a Scores
+        from outside the test, known by its name)."""
+        comparison_keys = {id(diff): key for key, diff, _ in self._differences}
+        out = []
+        for owner, expression, op, threshold, actual, holds in self._gates.values():
+            if id(owner) in self._keys:
+                kind, key = "scores", self._keys[id(owner)]
+            elif id(owner) in comparison_keys:
+                kind, key = "comparison", comparison_keys[id(owner)]
+            else:
+                kind, key = "baseline" if _is_stored(owner) else "other", _outside_key(owner)
+            out.append({"key": key, "kind": kind, **gate(expression, op, threshold, actual, holds)})
+        return out
+
     def _comparison_summary(self, key: str, diff: Any, side_keys: tuple[str | None, str | None]) -> dict:
         summary = {"key": key, **summarize_difference(diff)}
         summary["a"]["key"], summary["b"]["key"] = side_keys
-        summary["thresholds"] = match_thresholds(difference_statistics(summary), self._comparisons)
         return summary
 
-    def _scores_summary(self, key: str, obj: Any, images: dict, baseline_entry: Callable[[str], dict | None]) -> dict:
+    def _scores_summary(self, key: str, obj: Any, images: dict, baseline_entry: Callable[[str], dict | None],
+                        thresholds: list[dict]) -> dict:
         summary = summarize(obj)
         summary.update(key=key, images=images, model=_identity_of_source(obj))
-        summary["thresholds"] = match_thresholds(statistics(summary), self._comparisons)
-        summary["baseline"] = baseline_entry(key)
+        stored = baseline_entry(key)
+        summary["baseline"] = None if stored is None else {k: v for k, v in stored.items() if k not in ("values", "ids")}
         summary["delta_mean"] = delta(summary["mean"], (summary["baseline"] or {}).get("mean"))
+        summary["thresholds"] = thresholds
         summary["histogram"] = histogram(obj.values, markers(summary))
+        if self.per_image:
+            summary.update(per_image(obj))
         return summary
 
     # ---- observers ----------------------------------------------------------------------------
@@ -234,7 +250,7 @@ class EvidenceRecorder:
         if sides[0] is None or sides[1] is None:
             label = str(diff.name)
         else:
-            label = " \u2212 ".join(key or str(side.name) for key, side in zip(side_keys, sides, strict=True))
+            label = " \u2212 ".join(key or _outside_key(side) for key, side in zip(side_keys, sides, strict=True))
         self._differences.append((_unique(label, {k for k, _, _ in self._differences}), diff, side_keys))
 
     def _observe_visualizations(self, vis: Any) -> None:
@@ -456,8 +472,14 @@ def _looks_like_image(obj: Any) -> bool:
     return shape is not None and len(shape) in (2, 3)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+def _is_stored(scores: object) -> bool:
+    """Whether ``scores`` was read from a baseline (``StoredScores``, ``StoredSummary``)."""
+    return hasattr(scores, "nodeid") and hasattr(scores, "key")
+
+
+def _outside_key(scores: object) -> str:
+    """How a Scores that is not this test's own is named: ``baseline(<key>)`` if read from a baseline, else its name."""
+    return f"baseline({scores.key})" if _is_stored(scores) else str(getattr(scores, "name", type(scores).__name__))
 
 
 def _identity_of_source(scores: Any) -> dict | None:

@@ -10,9 +10,9 @@ verdict never changes between runs. With a single defined value the interval is 
 one image is no evidence, and any bound asserted on it fails. Identical values give ``(v, v)``.
 
 ``compare(a, b)`` estimates ``mean(a) - mean(b)``. It is *paired* when both come from the same
-images (the same set of ids; pairs aligned by id, pairs with an undefined side dropped): the
-statistic is the mean of the per-image differences, the bootstrap resamples images and the
-permutation test flips the sign of differences. Otherwise it is unpaired: two independent samples,
+images (ids in common; pairs aligned by id, ids without a partner counted as ``unmatched``, pairs
+with an undefined side dropped): the statistic is the mean of the per-image differences, the
+bootstrap resamples images and the permutation test flips the sign of differences. Otherwise it is unpaired: two independent samples,
 bootstrap within each, permutation test over group labels (``scipy.stats.permutation_test``,
 two-sided, 9,999 resamples or exact when fewer arrangements exist, seed 0).
 """
@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from cnnaudit import evidence
+from cnnaudit.gates import Statistic
 
 RESAMPLES = 9999
 _BATCH_ELEMENTS = 2**20  # resampled values held at once by scipy (a 10,000-value bootstrap would otherwise take GBs)
@@ -121,33 +122,34 @@ class Scores:
 
     def mean(self) -> float:
         """Mean of the defined values."""
-        return float(np.mean(self._require()))
+        return Statistic(np.mean(self._require()), self, "mean()")
 
     def median(self) -> float:
-        return float(np.median(self._require()))
+        return Statistic(np.median(self._require()), self, "median()")
 
     def quantile(self, q: float) -> float:
         """``q``-quantile of the defined values (linear interpolation)."""
-        return float(np.quantile(self._require(), q))
+        return Statistic(np.quantile(self._require(), q), self, f"quantile({q:g})")
 
     def min(self) -> float:
-        return float(np.min(self._require()))
+        return Statistic(np.min(self._require()), self, "min()")
 
     def max(self) -> float:
-        return float(np.max(self._require()))
+        return Statistic(np.max(self._require()), self, "max()")
 
     def std(self) -> float:
         """Sample standard deviation (ddof=1) of the defined values; NaN for one value; raises, like every
         statistic, when none is defined."""
         values = self._require()
-        return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+        return Statistic(np.std(values, ddof=1) if len(values) > 1 else math.nan, self, "std()")
 
     def ci(self, level: float = 0.95, seed: int = 0) -> Interval:
         """Seeded BCa bootstrap interval of the mean of the defined values."""
         key = (float(level), int(seed))
         if key not in self._intervals:
             values = self._require()
-            self._intervals[key] = bootstrap_interval((values,), _mean, level, seed)
+            interval = bootstrap_interval((values,), _mean, level, seed)
+            self._intervals[key] = gated_interval(interval, self, _ci_call(level, seed))
         return self._intervals[key]
 
     # ---- subsets --------------------------------------------------------------------------
@@ -199,6 +201,16 @@ class Scores:
         )
 
 
+def _ci_call(level: float, seed: int) -> str:
+    arguments = ([] if level == 0.95 else [f"{level:g}"]) + ([] if seed == 0 else [f"seed={seed}"])
+    return f"ci({', '.join(arguments)})"
+
+
+def gated_interval(interval: Interval, owner: object, call: str) -> Interval:
+    """``interval`` with bounds that are :class:`~cnnaudit.gates.Statistic` of ``owner`` (``ci().low``...)."""
+    return Interval(Statistic(interval.low, owner, f"{call}.low"), Statistic(interval.high, owner, f"{call}.high"), interval.level)
+
+
 def _is_nan(value: Any) -> bool:
     return isinstance(value, (float, np.floating)) and math.isnan(value)
 
@@ -244,22 +256,30 @@ class Difference:
     """``mean(a) - mean(b)`` with a bootstrap interval and a permutation-test p-value (see ``compare``).
 
     ``a``, ``b``: the values compared (aligned pairs when ``paired``); ``sides``: the two ``Scores``
-    they came from, or ``None``. Creating one notifies the evidence recorder; the interval and the
-    p-value are computed when first asked for (by the audit, or by the recorder writing a report).
+    they came from, or ``None``; ``unmatched``: how many ids of each side had no partner (paired on
+    shared ids only); ``n``: the number of pairs (paired) or of values of ``a``. Creating one notifies
+    the evidence recorder; the interval and the p-value are computed when first asked for (by the
+    audit, or by the recorder writing a report).
     """
 
     def __init__(self, a: np.ndarray, b: np.ndarray, *, paired: bool, name: str, seed: int = 0,
-                 sides: tuple[Scores, Scores] | None = None) -> None:
+                 sides: tuple[Scores, Scores] | None = None, unmatched: tuple[int, int] = (0, 0)) -> None:
         self.a, self.b, self.paired, self.name, self.seed, self.sides = a, b, paired, name, seed, sides
+        self.unmatched = unmatched
         self._statistic = _paired_mean_difference if paired else _mean_difference
-        self.mean = float(self._statistic(a, b))
+        self.mean = Statistic(self._statistic(a, b), self, "mean")
         self._intervals: dict[float, Interval] = {}
         evidence.notify(self)
+
+    @property
+    def n(self) -> int:
+        return int(self.a.size)
 
     def ci(self, level: float = 0.95) -> Interval:
         """Seeded BCa bootstrap interval of the difference (pairs resampled together when paired)."""
         if level not in self._intervals:
-            self._intervals[level] = bootstrap_interval((self.a, self.b), self._statistic, level, self.seed, paired=self.paired)
+            interval = bootstrap_interval((self.a, self.b), self._statistic, level, self.seed, paired=self.paired)
+            self._intervals[level] = gated_interval(interval, self, _ci_call(level, 0))
         return self._intervals[level]
 
     @cached_property
@@ -273,7 +293,7 @@ class Difference:
                 f"{self.name}: a p-value needs two or more values on each side, got {self.a.size} and {self.b.size}"
             )
         if self.paired and np.all(self.a == self.b):
-            return 1.0
+            return Statistic(1.0, self, "p_value")
         from scipy import stats
 
         result = stats.permutation_test(
@@ -281,11 +301,16 @@ class Difference:
             vectorized=True, n_resamples=RESAMPLES, alternative="two-sided", batch=_batch((self.a, self.b)),
             rng=np.random.default_rng(self.seed),
         )
-        return float(result.pvalue)
+        return Statistic(result.pvalue, self, "p_value")
 
     def __repr__(self) -> str:
         interval = self.ci()
-        kind = f"paired, n={self.a.size}" if self.paired else f"unpaired, n={self.a.size} vs {self.b.size}"
+        if self.paired:
+            kind = f"paired, n={self.a.size}"
+            if any(self.unmatched):
+                kind += f", unmatched {self.unmatched[0]} + {self.unmatched[1]}"
+        else:
+            kind = f"unpaired, n={self.a.size} vs {self.b.size}"
         p_value = f"{self.p_value:.4g}" if min(self.a.size, self.b.size) >= 2 else "undefined"
         return (
             f"Difference({self.name}: mean={self.mean:.4g}, {interval.level:.0%} CI [{interval.low:.4g}, {interval.high:.4g}], "
@@ -296,34 +321,60 @@ class Difference:
 def compare(a: Scores, b: Scores, *, paired: bool | None = None, seed: int = 0) -> Difference:
     """``mean(a) - mean(b)`` over defined values, paired when both come from the same images.
 
-    ``paired=None`` pairs when ``a`` and ``b`` have the same set of ids (aligned by id); scores with
-    partly overlapping ids are refused (they are neither independent nor paired) unless
-    ``paired=False`` is passed. ``paired=True`` needs the same ids, or equal lengths without ids.
+    ``paired=None`` pairs when ``a`` and ``b`` have ids in common: the pairs are the shared ids, and
+    :attr:`Difference.unmatched` counts the ids of each side left without a partner (scores of disjoint
+    groups share none and are compared as independent samples). ``paired=False`` compares independent
+    samples whatever the ids; ``paired=True`` needs shared ids, or equal lengths without ids. Pairs
+    with an undefined side are dropped.
     """
+    for side, value in (("a", a), ("b", b)):
+        if not isinstance(value, Scores):
+            raise TypeError(_not_scores(side, value))
+    shared = _shared_ids(a, b)
     if paired is None:
-        paired = a.ids is not None and b.ids is not None and set(a.ids) == set(b.ids)
-        if not paired and a.ids is not None and b.ids is not None and set(a.ids) & set(b.ids):
-            raise ValueError(
-                f"{a.name} and {b.name} share {len(set(a.ids) & set(b.ids))} of their images but not all; "
-                "pass paired=False to compare them as independent samples anyway"
-            )
+        paired = bool(shared)
     name = f"{a.name} \u2212 {b.name}"  # U+2212, the minus sign
-    if paired:
-        x, y = _aligned(a, b)
-        keep = ~(np.isnan(x) | np.isnan(y))
-        x, y = x[keep], y[keep]
-        if x.size == 0:
-            raise UndefinedScoresError(f"{name}: no image has both values defined; nothing to compare")
-        return Difference(x, y, paired=True, name=name, seed=seed, sides=(a, b))
-    return Difference(a._require(), b._require(), paired=False, name=name, seed=seed, sides=(a, b))
+    if not paired:
+        return Difference(a._require(), b._require(), paired=False, name=name, seed=seed, sides=(a, b))
+    x, y, unmatched = _aligned(a, b, shared)
+    keep = ~(np.isnan(x) | np.isnan(y))
+    x, y = x[keep], y[keep]
+    if x.size == 0:
+        raise UndefinedScoresError(f"{name}: no image has both values defined; nothing to compare")
+    return Difference(x, y, paired=True, name=name, seed=seed, sides=(a, b), unmatched=unmatched)
 
 
-def _aligned(a: Scores, b: Scores) -> tuple[np.ndarray, np.ndarray]:
+def _not_scores(side: str, value: object) -> str:
+    why = getattr(value, "not_comparable", None)  # a baseline entry that stores only a summary says why
+    if why:
+        return f"compare() argument {side}: {why}"
+    hint = (
+        "; to test scores against a fixed value, assert on a statistic instead, e.g. `assert scores.ci().low >= 0.5`"
+        if isinstance(value, (int, float, np.number)) else ""
+    )
+    return f"compare() takes two Scores; argument {side} is {type(value).__name__} {value!r:.80}{hint}"
+
+
+def _shared_ids(a: Scores, b: Scores) -> list[str]:
+    """The ids of ``a`` that ``b`` has too, in ``a``'s order (none when either has no ids)."""
+    if a.ids is None or b.ids is None:
+        return []
+    in_b = set(b.ids)
+    return [i for i in a.ids if i in in_b]
+
+
+def _aligned(a: Scores, b: Scores, shared: list[str]) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """``a``'s and ``b``'s values of the shared ids (else position by position) and the unmatched counts."""
     if a.ids is not None and b.ids is not None:
-        if len(set(a.ids)) != len(a.ids) or set(a.ids) != set(b.ids) or len(b.ids) != len(a.ids):
-            raise ValueError(f"paired comparison needs the same unique ids in {a.name} and {b.name}")
-        position = {i: k for k, i in enumerate(b.ids)}
-        return a.values.copy(), b.values[[position[i] for i in a.ids]]
+        for side in (a, b):
+            if len(set(side.ids)) != len(side.ids):
+                raise ValueError(f"paired comparison needs unique ids; {side.name} repeats some (pass paired=False)")
+        if not shared:
+            raise ValueError(f"paired comparison needs shared ids; {a.name} and {b.name} have none in common")
+        position_a = {i: k for k, i in enumerate(a.ids)}
+        position_b = {i: k for k, i in enumerate(b.ids)}
+        unmatched = (a.n - len(shared), b.n - len(shared))
+        return (a.values[[position_a[i] for i in shared]], b.values[[position_b[i] for i in shared]], unmatched)
     if a.n != b.n:
         raise ValueError(f"paired comparison needs as many values in {a.name} ({a.n}) as in {b.name} ({b.n})")
-    return a.values.copy(), b.values.copy()
+    return a.values.copy(), b.values.copy(), (0, 0)

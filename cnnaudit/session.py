@@ -151,7 +151,11 @@ class AuditSession:
         named = (("report", s.report), ("json", s.json), ("save baseline", s.save_baseline))
         outputs = [f"{name} {path}" for name, path in named if path]
         if self.baseline is not None:
-            outputs.append(f"baseline {self.baseline.path}" + ("" if self.baseline.exists else " (missing)"))
+            state = "" if self.baseline.exists else " (missing)"
+            if self.baseline.summary_only:
+                state = (f" ({self.baseline.summary_only} Scores stored as summaries only, an older format: "
+                         "re-record with --cnnaudit-save-baseline to compare them per image)")
+            outputs.append(f"baseline {self.baseline.path}{state}")
         if outputs:
             lines.append("cnnaudit outputs: " + ", ".join(outputs))
         return lines
@@ -161,7 +165,8 @@ class AuditSession:
         """A fresh recorder for test ``nodeid`` (the plugin asks only when the run records)."""
         from cnnaudit.records import EvidenceRecorder
 
-        return EvidenceRecorder(nodeid, self.settings.run_images, index=self.order.get(nodeid, -1), device=self.device)
+        return EvidenceRecorder(nodeid, self.settings.run_images, index=self.order.get(nodeid, -1), device=self.device,
+                                per_image=self.settings.save_baseline is not None)
 
     def finish_test(self, recorder: Any) -> dict:
         """The recorder's evidence, with the baseline entries of its Scores and, as ``baseline_recorded``,
@@ -273,7 +278,7 @@ class AuditSession:
         if "baseline" in self.outputs:
             path, stored, kept = self.outputs["baseline"]
             answered = self.answered_from_recording()
-            also = f"; baseline(...) answered from this recording for {answered} Scores with no stored entry"
+            also = f"; baseline(...) answered from this recording for {answered} Scores with no stored per-image entry"
             old = f", {kept} kept from the file (not re-measured by this run)" if kept else ""
             lines.append(f"cnnaudit: baseline {path} ({stored} Scores stored{old}{also if answered else ''})")
         return lines

@@ -1,5 +1,5 @@
-"""Plain-data summaries of what a test measured: Scores and comparison summaries, the statistics an
-audit gates on, the failed thresholds matched to them, histograms and JUnit properties.
+"""Plain-data summaries of what a test measured: Scores and comparison summaries, per-image values,
+the gates an audit made, histograms and JUnit properties.
 
 Used by the per-test recorder (:mod:`cnnaudit.records`) and by baselines (:mod:`cnnaudit.baseline`);
 everything here takes and returns builtin types, which travel between xdist processes and into JSON.
@@ -16,8 +16,6 @@ from cnnaudit.safe_text import xml_text
 
 QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
 HISTOGRAM_BINS = 20
-MIRRORED = {"<": ">", ">": "<", "<=": ">=", ">=": "<=", "==": "==", "!=": "!="}
-"""A comparison operator seen from its other side (``a < b`` is ``b > a``)."""
 
 
 def summarize(scores: Any) -> dict:
@@ -46,19 +44,15 @@ def summarize(scores: Any) -> dict:
     return out
 
 
-def statistics(summary: dict) -> dict[str, float]:
-    """The summary's statistics by the expression an audit would write, most commonly gated first."""
-    stats = {"mean()": summary["mean"]}
-    if summary["ci"]:
-        stats["ci().low"] = summary["ci"]["low"]
-        stats["ci().high"] = summary["ci"]["high"]
-    stats.update({f"{name}()": summary[name] for name in ("median", "min", "max")})
-    stats.update({f"quantile({q})": v for q, v in summary["quantiles"].items()})
-    return {name: value for name, value in stats.items() if value is not None}
+def per_image(scores: Any) -> dict:
+    """``values`` (``None`` where undefined) and ``ids`` of ``scores``: what a baseline stores per image."""
+    values = np.asarray(scores.values, dtype=np.float64)
+    return {"values": [number(v) for v in values.tolist()], "ids": None if scores.ids is None else [str(i) for i in scores.ids]}
 
 
 def summarize_difference(diff: Any) -> dict:
-    """``name``, ``paired``, ``mean``, ``ci`` (95%), ``p_value`` and per side ``{name, n, mean}`` of a ``Difference``.
+    """``name``, ``paired``, ``n`` (pairs, or values of ``a``), ``unmatched`` (ids of each side without a
+    partner), ``mean``, ``ci`` (95%), ``p_value`` and per side ``{name, n, mean}`` of a ``Difference``.
 
     Computes the interval and the p-value unless the audit already did (both are cached on ``diff``);
     with fewer than two values on a side the interval is unbounded and the p-value undefined (``None``).
@@ -76,6 +70,8 @@ def summarize_difference(diff: Any) -> dict:
     return {
         "name": str(diff.name),
         "paired": bool(diff.paired),
+        "n": int(diff.n),
+        "unmatched": [int(k) for k in getattr(diff, "unmatched", (0, 0))],
         "mean": number(diff.mean),
         "ci": {"low": number(interval.low), "high": number(interval.high), "level": float(interval.level)},
         "p_value": None if p_value is None else number(p_value),
@@ -84,29 +80,12 @@ def summarize_difference(diff: Any) -> dict:
     }
 
 
-def difference_statistics(summary: dict) -> dict[str, float]:
-    """A comparison's statistics by the expression an audit would write on it (``gap.mean``, ``abs(gap.mean)``…)."""
-    stats = {"mean": summary["mean"], "abs(mean)": None if summary["mean"] is None else abs(summary["mean"])}
-    stats.update({"p_value": summary["p_value"], "ci().low": summary["ci"]["low"], "ci().high": summary["ci"]["high"]})
-    return {name: value for name, value in stats.items() if value is not None}
+def gate(expression: str, op: str, threshold: float, actual: float, holds: bool) -> dict:
+    """One comparison an audit made: ``{stat, op, value, actual, holds, margin}`` (see :mod:`cnnaudit.gates`)."""
+    from cnnaudit.gates import margin
 
-
-def match_thresholds(stats: dict[str, float], comparisons: list[tuple[str, float, float]]) -> list[dict]:
-    """Failed comparisons with one side exactly one of ``stats``: ``{stat, op, value, actual}``.
-
-    ``stats`` maps expressions to values (:func:`statistics`, :func:`difference_statistics`). The left
-    side is tried first (``assert s.mean() >= 0.5``), then the right one (``0.5 <= s.mean()`` becomes
-    ``mean() >= 0.5``); on each side the first equal statistic in ``stats`` order is taken (a mean
-    that equals the median is reported as the mean).
-    """
-    found = []
-    for op, left, right in comparisons:
-        for side, other, op_seen in ((left, right, op), (right, left, MIRRORED[op])):
-            stat = next((name for name, value in stats.items() if value == side), None)
-            if stat is not None:
-                found.append({"stat": stat, "op": op_seen, "value": other, "actual": side})
-                break
-    return found
+    return {"stat": expression, "op": op, "value": number(threshold), "actual": number(actual), "holds": bool(holds),
+            "margin": margin(op, actual, threshold)}
 
 
 def histogram(values: Any, markers: list[float]) -> dict | None:

@@ -57,3 +57,24 @@ def test_maximisation_quality_benchmark_scores_every_method_on_every_unit(tmp_pa
         if unit["optimum"]:  # no image beats the known optimum
             assert all(value <= unit["optimum"] + 1e-5 for value in unit["value"].values())
     assert set(figures["summary"]) == {"known optimum", "random resnet18", "trained demo CNN"}
+
+
+def test_the_paired_gate_detects_a_drop_the_summary_gate_misses_at_the_same_false_alarm_rate(tmp_path):
+    """The gate simulation (40 test sets of 100 images per drop, seeded): with no drop both gates keep to
+    their 5% false-alarm rate (within sampling error); a drop of 0.01, against an image-to-image spread of
+    0.15, is flagged by the paired gate in most test sets and by the summary gate in almost none."""
+    out = tmp_path / "gates.json"
+    run = subprocess.run(
+        [sys.executable, "benchmarks/bench_gates.py", "--trials", "40", "--drops", "0,0.01",
+         "--baseline-images", "1000", "--baseline-scores", "3", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    power = figures["power"]
+    assert power["false_alarms"]["paired"] <= 0.15 and power["false_alarms"]["summary"] <= 0.15
+    flagged = {gate: rates[1] for gate, rates in power["flagged"].items()}
+    assert flagged["paired"] >= 0.8 and flagged["summary"] <= 0.2, flagged
+    assert power["smallest_drop_detected_80pct"] == {"summary": None, "paired": 0.01}
+    size = figures["baseline_size"]
+    assert size["lines"] < 40 * 3 and 10 < size["bytes_per_value"] < 40  # lines per Scores, not per image

@@ -19,7 +19,7 @@ from typing import Callable
 import pytest
 
 from cnnaudit import demo
-from cnnaudit.demo.robustness import figures, released_tools_mean
+from cnnaudit.demo.robustness import figures
 
 ROOT = Path(__file__).resolve().parents[1]
 THREADS = (1, 2)
@@ -60,6 +60,10 @@ def audited(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], dict]:
 
 def _scores(result: dict) -> dict[tuple[str, str], dict]:
     return {(test["nodeid"], s["key"]): s for test in result["json"]["tests"] for s in test["evidence"]["scores"]}
+
+
+def _comparisons(result: dict) -> dict[tuple[str, str], dict]:
+    return {(test["nodeid"], c["key"]): c for test in result["json"]["tests"] for c in test["evidence"]["comparisons"]}
 
 
 @pytest.mark.parametrize("threads", THREADS)
@@ -106,9 +110,13 @@ def test_the_per_seed_table_measures_what_the_audits_assert(audited) -> None:
     assert mine["features.relu1: relative activation, 10% quantile"] == pytest.approx(relu1["quantiles"]["0.1"], abs=1e-9)
     relu4 = recorded[("test_units.py::test_last_block_units_are_reachable[clean]", "relative_activation")]
     assert mine["features.relu4[:16]: relative activation, median"] == pytest.approx(relu4["median"], abs=1e-9)
-    gate = recorded[("test_release_gate.py::test_attention_on_tools_did_not_drop[candidate]", "mass_in(tools)")]
+    gate = _comparisons(audited(2))[
+        ("test_release_gate.py::test_attention_on_tools_did_not_drop[candidate]", "mass_in(tools) \u2212 baseline(mass_in(tools))")
+    ]
     candidate = figures(demo.shipped_model("candidate"))
-    assert candidate["mass on tools, mean, minus the released model's"] == pytest.approx(gate["mean"] - released_tools_mean(), abs=1e-9)
+    figure = "mass on tools, paired difference from the released model, CI low"
+    assert gate["paired"] and gate["n"] == 200 and gate["unmatched"] == [0, 0]
+    assert candidate[figure] == pytest.approx(gate["ci"]["low"], abs=1e-9)
 
 
 def test_recording_the_baseline_reproduces_the_committed_one(tmp_path: Path) -> None:

@@ -23,7 +23,8 @@ import cnnaudit.metrics  # noqa: F401
 import cnnaudit.render  # noqa: F401
 import cnnaudit.subject  # noqa: F401
 from cnnaudit import evidence
-from cnnaudit.baseline import Baseline, BaselineLookup, BaselineMissing, BaselineRecordingWarning, StoredScores, save
+from cnnaudit.baseline import Baseline, BaselineLookup, BaselineMissing, BaselineRecordingWarning, save
+from cnnaudit.stored import StoredScores
 from cnnaudit.environment import device_name, worker_index
 from cnnaudit.records import EvidenceRecorder
 from cnnaudit.summaries import QUANTILES
@@ -190,7 +191,9 @@ def test_evidence_is_captured_per_test_and_failures_come_first(pytester: pytest.
     (mass,) = ev["scores"]
     assert (mass["key"], mass["n"], mass["n_undefined"]) == ("mass_in(box)", 6, 0)
     assert mass["ci"]["low"] <= mass["mean"] <= mass["ci"]["high"]
-    assert mass["thresholds"] == [{"stat": "mean()", "op": ">=", "value": 0.9, "actual": mass["mean"]}]
+    assert mass["thresholds"] == [
+        {"stat": "mean()", "op": ">=", "value": 0.9, "actual": mass["mean"], "holds": False, "margin": mass["mean"] - 0.9}
+    ]
     assert len(mass["images"]["lowest"]) == 3 and len(mass["images"]["highest"]) == 3
     assert ev["notes"] == ["checked the <b>box</b>"]
     assert [(m["class"], m["parameters"]) for m in ev["models"]] == [("Sequential", 270)]
@@ -509,13 +512,13 @@ def test_save_a_baseline_then_gate_against_it(pytester: pytest.Pytester) -> None
     first.assert_outcomes(passed=3, failed=1, warnings=1)  # no baseline yet: test_gate compares its Scores with itself
     first.stdout.fnmatch_lines([
         "*BaselineRecordingWarning: recording the baseline of Scores 'mass_in(box)' of test 'test_audit.py::test_gate' "
-        "to *base.json (the file does not exist yet); baseline(...) returned the Scores' own summary, "
+        "to *base.json (the file does not exist yet); baseline(...) returned the Scores itself, "
         "so this run's gate compared the Scores with itself",
         "cnnaudit: baseline *base.json (3 Scores stored; baseline(...) answered from this recording for 1 Scores "
-        "with no stored entry)",
+        "with no stored per-image entry)",
     ])
     saved = load(pytester.path / "base.json")
-    assert saved["format"] == "cnnaudit-baseline" and saved["version"] == 1
+    assert saved["format"] == "cnnaudit-baseline" and saved["version"] == 2
     gate = saved["tests"]["test_audit.py::test_gate"]
     assert gate["environment"] == {"torch": torch.__version__, "device": "cpu", "gpu": None}
     entry = gate["scores"]["mass_in(box)"]
@@ -535,7 +538,9 @@ def test_baseline_deltas_missing_entries_and_changed_settings(pytester: pytest.P
     mean = load(base)["tests"]["test_audit.py::test_gate"]["scores"]["mass_in(box)"]["mean"]
 
     def raise_the_bar(tests: dict) -> None:
-        tests["test_audit.py::test_gate"]["scores"]["mass_in(box)"]["mean"] = mean + 0.1
+        stored = tests["test_audit.py::test_gate"]["scores"]["mass_in(box)"]
+        stored["mean"] = mean + 0.1
+        stored["values"] = [v + 0.1 for v in stored["values"]]  # the gate reads the values
         tests["test_audit.py::test_gate"]["environment"]["torch"] = "1.0.0"
 
     edit_baseline(base, raise_the_bar)
@@ -583,7 +588,7 @@ def test_a_recording_run_passes_and_later_runs_gate_against_it(pytester: pytest.
         "*BaselineRecordingWarning: recording the baseline of Scores 'accuracy' of test 'test_audit.py::test_gate' "
         "to *base.json (no --cnnaudit-baseline given)*",
         "cnnaudit: baseline *base.json (1 Scores stored; baseline(...) answered from this recording for 1 Scores "
-        "with no stored entry)",
+        "with no stored per-image entry)",
     ])
     entry = load(pytester.path / "base.json")["tests"]["test_audit.py::test_gate"]["scores"]["accuracy"]
     assert entry["n"] == 3 and entry["mean"] == pytest.approx(0.9) and entry["min"] == 0.8 and entry["max"] == 1.0
@@ -610,14 +615,14 @@ def test_a_refresh_run_gates_against_the_stored_entry_and_writes_the_new_one(pyt
         "*BaselineRecordingWarning: recording the baseline of Scores 'recall' of test 'test_audit.py::test_gate' "
         "to *base.json (the file has no entry for it yet)*",
         "cnnaudit: baseline *base.json (2 Scores stored; baseline(...) answered from this recording for 1 Scores "
-        "with no stored entry)",
+        "with no stored per-image entry)",
     ])
     stored = load(pytester.path / "base.json")["tests"]["test_audit.py::test_gate"]["scores"]
     assert stored["accuracy"]["mean"] == pytest.approx(0.7) and stored["recall"]["mean"] == 0.5
 
 
 def test_a_lookup_without_an_entry_answers_with_the_recording_as_the_file_would(tmp_path: Path) -> None:
-    recorder = EvidenceRecorder("test_a.py::test_gate", None)
+    recorder = EvidenceRecorder("test_a.py::test_gate", None, per_image=True)
     with evidence.recording(recorder):
         scores = Scores([1.0, 2.0, 4.0, float("nan")], name="accuracy")
     environment = {"torch": "2.x", "device": "cpu", "gpu": None}

@@ -22,7 +22,7 @@ from cnnaudit.records import (
     evidence_size,
     model_identity,
 )
-from cnnaudit.summaries import difference_statistics, histogram, junit_properties, match_thresholds, statistics, summarize
+from cnnaudit.summaries import histogram, junit_properties, summarize
 from cnnaudit.regions import Regions
 from cnnaudit.scores import Scores, compare
 
@@ -105,33 +105,6 @@ def test_summary_of_undefined_scores_has_no_statistics() -> None:
     summary = summarize(Scores([np.nan, np.nan], "empty"))
     assert (summary["n"], summary["n_undefined"], summary["mean"], summary["ci"]) == (2, 2, None, None)
     assert histogram([np.nan], []) is None
-
-
-def test_failed_comparisons_become_thresholds_of_the_statistic_they_used() -> None:
-    summary = {
-        "mean": 0.3, "median": 0.3, "min": 0.2, "max": 0.4,
-        "ci": {"low": 0.25, "high": 0.35, "level": 0.95}, "quantiles": {"0.1": 0.22},
-    }
-    comparisons = [(">=", 0.3, 0.5), ("<=", 0.5, 0.2), (">", 0.22, 0.3), ("<", 0.77, 0.1)]
-    # mean == median: the mean is preferred; "0.5 <= min" is mirrored to "min() >= 0.5";
-    # in "q10 > 0.3" both sides are statistics and the left one is taken; 0.77 and 0.1 match nothing
-    assert match_thresholds(statistics(summary), comparisons) == [
-        {"stat": "mean()", "op": ">=", "value": 0.5, "actual": 0.3},
-        {"stat": "min()", "op": ">=", "value": 0.5, "actual": 0.2},
-        {"stat": "quantile(0.1)", "op": ">", "value": 0.3, "actual": 0.22},
-    ]
-
-
-def test_recorder_keeps_only_finite_numeric_comparisons() -> None:
-    recorder = EvidenceRecorder("t", None)
-    recorder.compared(">=", 0.3, 0.5)
-    recorder.compared(">=", True, 0.5)
-    recorder.compared("==", "a", "b")
-    recorder.compared("<", float("nan"), 1.0)
-    recorder.compared("in", 1, 2)
-    recorder.compared("<", 0.03, 0.05)  # pytest explains the passing half of a failed "a and b" too
-    recorder.compared("==", 0.5, 0.5)
-    assert recorder._comparisons == [(">=", 0.3, 0.5)]
 
 
 def test_histogram_bins_cover_the_values_and_the_markers() -> None:
@@ -342,35 +315,30 @@ def test_statistics_are_computed_only_when_a_recorder_summarises(monkeypatch: py
     assert [c["mean"] for c in out] == [lazy.mean, asked.mean] and out[1]["p_value"] == asked.p_value
 
 
-def test_a_failed_assertion_on_a_comparison_is_matched_to_its_statistic() -> None:
+def test_the_gates_made_on_a_comparison_are_its_thresholds_passed_or_failed() -> None:
     a, b = Scores([0.1, 0.2, 0.3, 0.25, 0.15, 0.05], "f"), Scores([0.6, 0.7, 0.5, 0.65, 0.55, 0.45], "m")
     recorder = EvidenceRecorder("t", None)
     with evidence.recording(recorder):
         gap = compare(a, b)
         close = compare(a, a, paired=False)
-    # every f is below every m: of the C(12, 6) = 924 relabellings only this one is as low, so p = 2 / 924
-    assert gap.mean == pytest.approx(0.175 - 0.575) and gap.p_value == pytest.approx(2 / 924) and close.mean == 0
-    # what pytest reports for a failed `assert abs(gap.mean) < 0.05 and gap.p_value > 0.01`
-    recorder.compared("<", abs(gap.mean), 0.05)
-    recorder.compared(">", gap.p_value, 0.01)
-    # a failed `assert close.p_value < 0.5` (p = 1 here), and `assert 0.05 <= close.ci().low`, mirrored
-    recorder.compared("<", close.p_value, 0.5)
-    recorder.compared("<=", 0.05, close.ci().low)
-    first, second = recorder.finish()["comparisons"]
-    assert first["thresholds"] == [
-        {"stat": "abs(mean)", "op": "<", "value": 0.05, "actual": abs(gap.mean)},
-        {"stat": "p_value", "op": ">", "value": 0.01, "actual": gap.p_value},
+        # every f is below every m: of the C(12, 6) = 924 relabellings only this one is as low, so p = 2 / 924
+        assert gap.mean == pytest.approx(0.175 - 0.575) and gap.p_value == pytest.approx(2 / 924) and close.mean == 0
+        first = abs(gap.mean) < 0.05 or gap.p_value > 0.01  # both sides evaluated, both false
+        second = close.p_value < 0.5 or 0.05 <= close.ci().low  # mirrored: ci().low >= 0.05
+    assert not first and not second
+    one, two = recorder.finish()["comparisons"]
+    assert one["thresholds"] == [
+        {"stat": "abs(mean)", "op": "<", "value": 0.05, "actual": abs(gap.mean), "holds": False,
+         "margin": pytest.approx(0.05 - 0.4)},
+        {"stat": "p_value", "op": ">", "value": 0.01, "actual": gap.p_value, "holds": False,
+         "margin": pytest.approx(2 / 924 - 0.01)},
     ]
-    assert second["key"] == "f \u2212 f" and second["thresholds"] == [
-        {"stat": "p_value", "op": "<", "value": 0.5, "actual": 1.0},
-        {"stat": "ci().low", "op": ">=", "value": 0.05, "actual": close.ci().low},
+    assert two["key"] == "f \u2212 f" and two["thresholds"] == [
+        {"stat": "mean", "op": "==", "value": 0.0, "actual": 0.0, "holds": True, "margin": None},
+        {"stat": "p_value", "op": "<", "value": 0.5, "actual": 1.0, "holds": False, "margin": -0.5},
+        {"stat": "ci().low", "op": ">=", "value": 0.05, "actual": close.ci().low, "holds": False,
+         "margin": pytest.approx(close.ci().low - 0.05)},
     ]
-
-
-def test_difference_statistics_prefer_the_plain_mean() -> None:
-    summary = {"mean": 0.2, "p_value": 0.3, "ci": {"low": None, "high": None, "level": 0.95}}
-    assert difference_statistics(summary) == {"mean": 0.2, "abs(mean)": 0.2, "p_value": 0.3}
-    assert match_thresholds(difference_statistics(summary), [("<", 0.2, 0.1)])[0]["stat"] == "mean"
 
 
 def test_comparisons_name_their_sides_by_their_keys_in_the_test() -> None:

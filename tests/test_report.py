@@ -103,12 +103,12 @@ def test_models_and_seeds_are_merged_over_tests() -> None:
 def recorded(tmp_path: Path, nodeid: str, note: str = "", n_images: int = 1) -> dict:
     recorder = EvidenceRecorder(nodeid, tmp_path)
     with evidence.recording(recorder):
-        Scores([0.2, 0.4, 0.9, np.nan], "mass_in(tools)")
+        mass = Scores([0.2, 0.4, 0.9, np.nan], "mass_in(tools)")
+        assert not mass.mean() >= 0.6  # a failed gate (0.5 < 0.6), recorded
     for i in range(n_images):
         recorder.image(f"image {i}", np.random.default_rng(i).random((40, 60, 3)), caption="c")
     if note:
         recorder.note(note)
-    recorder.compared(">=", 0.5, 0.6)
     return recorder.finish(lambda key: {"mean": 0.45})
 
 
@@ -170,7 +170,7 @@ def test_comparisons_appear_in_the_html_and_the_json_escaped(tmp_path: Path) -> 
     with evidence.recording(recorder):
         gap = compare(Scores([0.1, 0.2, 0.3, 0.25, 0.15, 0.05], evil), Scores([0.6, 0.7, 0.5, 0.65, 0.55, 0.45], "m"))
         compare(Scores([0.4, 0.5], "x", ids=["i", "j"]), Scores([0.3, 0.1], "y", ids=["j", "i"]))
-    recorder.compared(">", gap.p_value, 0.01)  # a failed `assert gap.p_value > 0.01`
+        assert not gap.p_value > 0.01  # what a failed `assert gap.p_value > 0.01` records
     results = RunResults()
     run_test(results, "t.py::test_gap", "failed", longrepr="AssertionError", evidence=recorder.finish())
     environment = {"cnnaudit": "0", "python": "3", "platform": "p", "torch": "2", "cuda": None,
@@ -182,7 +182,8 @@ def test_comparisons_appear_in_the_html_and_the_json_escaped(tmp_path: Path) -> 
     assert unpaired["key"] == f"{evil} \u2212 m" and unpaired["paired"] is False
     assert (unpaired["a"]["n"], unpaired["b"]["n"]) == (6, 6) and unpaired["mean"] == pytest.approx(0.175 - 0.575)
     assert unpaired["p_value"] == gap.p_value and unpaired["ci"]["low"] == gap.ci().low
-    assert unpaired["thresholds"] == [{"stat": "p_value", "op": ">", "value": 0.01, "actual": gap.p_value}]
+    assert unpaired["thresholds"] == [{"stat": "p_value", "op": ">", "value": 0.01, "actual": gap.p_value, "holds": False,
+                                       "margin": pytest.approx(gap.p_value - 0.01)}]
     assert paired["paired"] is True and paired["mean"] == pytest.approx(((0.4 - 0.1) + (0.5 - 0.3)) / 2)
 
     report.write_html(tmp_path / "r.html", doc)

@@ -123,9 +123,22 @@ def test_compare_pairs_by_id_when_both_come_from_the_same_images():
     # 2^3 sign flips of (0, 2, 2.5): |mean| >= observed for all-plus and all-minus, and for the
     # two flips of the zero alone -> 4 of 8
     assert diff.p_value == pytest.approx(4 / 8)
-    with pytest.raises(ValueError, match="share 1 of their images"):
-        compare(a, Scores([1.0, 2.0], "c", ids=["w", "q"]))
+    # partly shared images: paired on the shared ones, the rest counted as unmatched
+    partial = compare(a, Scores([0.5, 2.0, 9.0], "c", ids=["x", "w", "q"]))
+    assert partial.paired and partial.a.tolist() == [1.0, 2.0] and partial.b.tolist() == [2.0, 0.5]
+    assert (partial.n, partial.unmatched) == (2, (2, 1)) and "unmatched 2 + 1" in repr(partial)
     assert not compare(a, Scores([1.0, 2.0], "c", ids=["w", "q"]), paired=False).paired
+    # no shared image: independent samples (two groups of one Scores)
+    assert not compare(a, Scores([1.0, 2.0], "d", ids=["p", "q"])).paired
+
+
+def test_compare_refuses_what_is_not_scores_with_a_hint() -> None:
+    a = Scores([1.0, 2.0], "a")
+    with pytest.raises(TypeError, match=r"argument b is float 0.5; to test scores against a fixed value, assert on a "
+                                        r"statistic instead, e.g. `assert scores.ci\(\).low >= 0.5`"):
+        compare(a, 0.5)
+    with pytest.raises(TypeError, match="argument a is list"):
+        compare([1.0], a)
 
 
 def test_compare_of_a_constant_paired_shift():

@@ -54,7 +54,7 @@ FIGURES: tuple[Figure, ...] = (
     Figure("features.relu1: relative activation, 10% quantile", 1.0, True, False),
     Figure("features.relu4[:16]: dead units", 0, False, False, margin_needed=0.0),
     Figure("features.relu4[:16]: relative activation, median", 1.0, True, False),
-    Figure("mass on tools, mean, minus the released model's", -0.02, True, False, margin_needed=0.0),
+    Figure("mass on tools, paired difference from the released model, CI low", -0.02, True, False, margin_needed=0.0),
 )
 
 
@@ -67,15 +67,15 @@ def _subject(model: torch.nn.Module) -> Subject:
     return Subject(model, layer="features", classes=list(CLASSES), device="cpu")
 
 
-def released_tools_mean() -> float:
-    """The released (shipped ``"clean"``) model's mean mass on tools: the release gate's baseline."""
+def released_tools_mass() -> Scores:
+    """The released (shipped ``"clean"``) model's mass on tools per image: the release gate's baseline."""
     people = _people()
-    return _subject(shipped_model("clean")).gradcam(people).mass_in(people.region("tools")).mean()
+    return _subject(shipped_model("clean")).gradcam(people).mass_in(people.region("tools"))
 
 
-def figures(model: torch.nn.Module, released_mean: float | None = None) -> dict[str, float]:
+def figures(model: torch.nn.Module, released: Scores | None = None) -> dict[str, float]:
     """Every figure of :data:`FIGURES` for ``model`` on the example audits' 200 test images; the
-    release-gate figure is taken against ``released_mean`` (default :func:`released_tools_mean`)."""
+    release-gate figure is paired against ``released`` (default :func:`released_tools_mass`)."""
     people = _people()
     subject = _subject(model)
     doctors, nurses = people.where(label="doctor"), people.where(label="nurse")
@@ -87,8 +87,8 @@ def figures(model: torch.nn.Module, released_mean: float | None = None) -> dict[
     pairing = people.group("pairing")
     relu1 = subject.maximize("features.relu1", channels="all", size=64, steps=64, seed=0)
     relu4 = subject.maximize("features.relu4", channels=range(16), size=64, steps=64, seed=0)
-    tools_mean = subject.gradcam(people).mass_in(people.region("tools")).mean()
-    released_mean = released_tools_mean() if released_mean is None else released_mean
+    tools = subject.gradcam(people).mass_in(people.region("tools"))
+    released = released_tools_mass() if released is None else released
     values = (
         subject.gradcam(doctors, target="doctor").mass_in(doctors.region("tools")).ci().low,
         subject.gradcam(nurses, target="nurse").mass_in(nurses.region("tools")).ci().low,
@@ -101,16 +101,16 @@ def figures(model: torch.nn.Module, released_mean: float | None = None) -> dict[
         relu1.relative_to(people).quantile(0.1),
         len(relu4.dead(images=people)),
         relu4.relative_to(people).median(),
-        tools_mean - released_mean,
+        compare(tools, released).ci().low,
     )
     return {figure.name: float(value) for figure, value in zip(FIGURES, values)}
 
 
 def seed_figures(seeds: Iterable[int], train: TrainSpec = TrainSpec()) -> dict[str, list[dict[str, float]]]:
     """:func:`figures` of the clean and the biased model trained with each seed: ``{variant: [per seed]}``."""
-    seeds, released_mean = list(seeds), released_tools_mean()
+    seeds, released = list(seeds), released_tools_mass()
     return {
-        variant: [figures(train_model(variant, train=replace(train, seed=seed)), released_mean) for seed in seeds]
+        variant: [figures(train_model(variant, train=replace(train, seed=seed)), released) for seed in seeds]
         for variant in ("clean", "biased")
     }
 
@@ -138,8 +138,8 @@ def seed_table(seeds: list[int], train: TrainSpec = TrainSpec()) -> str:
 
 def shipped_table() -> str:
     """Markdown: the README's table, every figure for each shipped model."""
-    names, released_mean = list(SHIPPED), released_tools_mean()
-    runs = {name: figures(shipped_model(name), released_mean) for name in names}
+    names, released = list(SHIPPED), released_tools_mass()
+    runs = {name: figures(shipped_model(name), released) for name in names}
     lines = ["| figure | passes when | " + " | ".join(names) + " |", "| --- | --- |" + " --- |" * len(names)]
     for figure in FIGURES:
         rule = f"{'>=' if figure.at_least else '<='} {figure.threshold:g}"
