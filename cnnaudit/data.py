@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, Union
 
@@ -141,7 +142,7 @@ class ImageSet:
     def from_coco(
         cls,
         json_path: str | os.PathLike,
-        image_dir: str | os.PathLike,
+        image_dir: str | os.PathLike | None = None,
         size: Size | None = None,
         groups: Sequence[str] = (),
         *,
@@ -151,8 +152,13 @@ class ImageSet:
 
         An image's region for a category is the union of its boxes of that category
         (``bbox = [x, y, w, h]`` -> ``(x, y, x + w, y + h)``), ``None`` where the category is absent.
-        ``groups`` names extra fields of the image records to expose as groups. Ids are the image ids.
-        File names must stay inside ``image_dir`` unless ``allow_outside=True`` (see :meth:`from_folder`).
+        Labels: an image whose annotations all have one category is labelled with that category's
+        name (so ``where(label="cat")`` works); an image with no annotation, or with boxes of
+        several categories, has the label ``None`` (select those by region instead:
+        ``s.where(s.region("cat").defined)``). When the file has no annotations at all the set has
+        no labels. ``groups`` names extra fields of the image records to expose as groups. Ids are
+        the image ids. ``file_name`` is relative to ``image_dir``, by default the JSON file's folder;
+        file names must stay inside it unless ``allow_outside=True`` (see :meth:`from_folder`).
         """
         coco = _read_json(Path(json_path))
         images = coco.get("images") if isinstance(coco, dict) else None
@@ -170,9 +176,16 @@ class ImageSet:
             x, y, w, h = bbox
             name = names.get(annotation.get("category_id"), str(annotation.get("category_id")))
             boxes.setdefault(name, [[] for _ in images])[position[annotation["image_id"]]].append([x, y, x + w, y + h])
+        root = Path(json_path).parent if image_dir is None else Path(image_dir)
+        categories: list[set[str]] = [set() for _ in images]
+        for name, per_image in boxes.items():
+            for i, image_boxes in enumerate(per_image):
+                if image_boxes:
+                    categories[i].add(name)
         out = cls(
-            [_inside(Path(image_dir), json_path, image["file_name"], f"image id {image['id']!r}", allow_outside=allow_outside)
+            [_inside(root, json_path, image["file_name"], f"image id {image['id']!r}", allow_outside=allow_outside)
              for image in images],
+            labels=[next(iter(c)) if len(c) == 1 else None for c in categories] if any(categories) else None,
             regions={name: [b or None for b in per_image] for name, per_image in boxes.items()},
             groups={g: [image.get(g) for image in images] for g in groups},
             ids=[image["id"] for image in images],
@@ -212,10 +225,15 @@ class ImageSet:
         """Images where ``mask`` (bool per image) holds and, for each keyword, label/group == value.
 
         ``where(label="doctor", gender="female")``; ``where(s.group("age") > 40)``.
+        A selection that matches no image (of a non-empty set) warns with a ``UserWarning`` naming the
+        filters and the values that exist, and returns the empty set.
         """
         keep = np.ones(len(self), dtype=bool)
+        filters: list[tuple[str, np.ndarray, np.ndarray | None]] = []  # (filter as written, its matches, its column)
         if mask is not None:
-            keep &= _bool_mask(mask, len(self))
+            matches = _bool_mask(mask, len(self))
+            label = getattr(mask, "label", None)
+            filters.append((f"mask {label}" if label else "mask", matches, None))
         for key, value in equals.items():
             if key == "label":
                 if self.labels is None:
@@ -223,7 +241,11 @@ class ImageSet:
                 column = self.labels
             else:
                 column = self.group(key)
-            keep &= np.array([item == value for item in column], dtype=bool)
+            filters.append((f"{key}={value!r}", np.array([item == value for item in column], dtype=bool), column))
+        for _, matches, _ in filters:
+            keep &= matches
+        if len(self) and not keep.any() and filters:
+            warnings.warn(_nothing_matched(filters, len(self)), UserWarning, stacklevel=2)
         return self._take(np.flatnonzero(keep))
 
     def group(self, name: str) -> GroupColumn:
@@ -327,6 +349,31 @@ class ImageSet:
 
 
 # ---- helpers ---------------------------------------------------------------------------------
+def scores_group(source: dict[str, Any] | None, name: str, n: int) -> np.ndarray:
+    """Group ``name`` of the ImageSet behind attention Scores, one value per score (``Scores.by(name)``).
+
+    ``source`` is the Scores' ``source``: its ``heatmaps`` must have been computed from an ``ImageSet``
+    (``Heatmaps.images``); ``source["index"][k]`` is the image of value ``k`` (a ``where()`` subset
+    keeps it aligned). ``ValueError`` saying to pass the values when there is no ImageSet behind them;
+    ``KeyError`` listing the groups for an unknown name."""
+    source = source or {}
+    images = getattr(source.get("heatmaps"), "images", None)
+    if not isinstance(images, ImageSet):
+        why = ("they were not computed from heatmaps" if source.get("heatmaps") is None
+               else "their heatmaps were computed from " + ("no images" if images is None else f"a {type(images).__name__}, not an ImageSet"))
+        raise ValueError(
+            f"by({name!r}): a group name is looked up in the ImageSet the scores' heatmaps were computed on, but {why}; "
+            f"pass one group value per score instead, e.g. scores.by(images.group({name!r}))"
+        )
+    column = np.asarray(images.group(name))
+    index = source.get("index")
+    positions = np.arange(len(images)) if index is None else np.asarray(index, dtype=np.int64)
+    if positions.shape != (n,):
+        raise ValueError(f"by({name!r}): {n} scores but the heatmaps' ImageSet has {len(images)} images and the scores "
+                         "record no index into it; pass one group value per score instead")
+    return column[positions]
+
+
 def _sources(images: Any, size: Size | None) -> tuple[list[Source], list[Size | None]]:
     """Per-image sources and their known original sizes; in-memory images are validated (and resized) now."""
     items = list(images) if isinstance(images, (list, tuple)) else [images]
@@ -399,6 +446,32 @@ def _column(values: Sequence[Any], n: int, what: str, as_object: bool = False) -
     if len(array) != n:
         raise ValueError(f"{what} has {len(array)} values for {n} images")
     return array
+
+
+def _nothing_matched(filters: list[tuple[str, np.ndarray, np.ndarray | None]], n: int) -> str:
+    """The warning of a ``where()`` that selected nothing: each filter's count, the values its column has."""
+    called = ", ".join(written for written, _, _ in filters)
+    parts = []
+    for written, matches, column in filters:
+        if column is None:
+            parts.append(f"the {written} selects {int(matches.sum())}")
+            continue
+        key = written.split("=", 1)[0]
+        present = list(dict.fromkeys(map(repr, column.tolist())))  # reprs: values need not be hashable
+        listed = ", ".join(present[:_LISTED]) + (f", ... ({len(present)} values)" if len(present) > _LISTED else "")
+        what = "labels" if key == "label" else f"values of group {key!r}"
+        parts.append(f"{written} matches {int(matches.sum())} ({what}: {listed})")
+    if any(column is not None and not matches.any() for _, matches, column in filters):
+        hint = "check the spelling and the type of the value (1 is not '1')"
+    elif any(not matches.any() for _, matches, _ in filters):
+        hint = "the mask is False for every image"
+    else:
+        hint = "each filter matches some images, but no image matches them all"
+    return f"ImageSet.where({called}) matched none of the {n} images: {'; '.join(parts)}; {hint}"
+
+
+_LISTED = 20
+"""At most this many distinct values are listed in the warning of an empty ``where()``."""
 
 
 def _bool_mask(mask: Any, n: int) -> np.ndarray:

@@ -116,6 +116,8 @@ class Heatmaps:
         return overlay(self.image(i), self.maps[i].cpu().numpy(), alpha=alpha)
 
     # ---- metrics (definitions live in cnnaudit.metrics) ------------------------------------
+    # ``regions``: a ``Regions`` (``images.region("tools")``), raw entries per image, or a region name
+    # ("tools"), looked up in the ImageSet these maps were computed on (see metrics.named_region).
     def mass_in(self, regions: Any) -> "Scores":
         """Fraction of heatmap mass inside ``regions`` (see :func:`cnnaudit.metrics.mass_in`)."""
         return metrics.mass_in(self, regions)

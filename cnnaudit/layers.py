@@ -44,17 +44,21 @@ class LayerInfo:
 class LayerInventory(Sequence[LayerInfo]):
     """The model's layers in definition order (``named_modules()``), with counts by kind.
 
-    Index by position or by name; ``str()`` gives an aligned table followed by the counts:
+    ``input_size`` is the model input (no batch dimension) the probe pass used, so the output
+    shapes are for it. Index by position or by name; ``str()`` gives a line naming ``input_size``,
+    an aligned table, then the counts:
     ``conv`` (all convolutions), ``linear``, ``sequential`` (``nn.Sequential`` containers other
     than downsample branches), ``blocks`` (non-container modules that contain a convolution,
     e.g. BasicBlock, Bottleneck, DenseLayer, InvertedResidual) and ``downsample`` (modules
     named ``downsample`` or ``shortcut``: the projection branch of residual blocks).
     """
 
-    def __init__(self, layers: list[LayerInfo], counts: dict[str, int]) -> None:
+    def __init__(self, layers: list[LayerInfo], counts: dict[str, int], input_size: tuple[int, ...] | None = None) -> None:
         self._layers = layers
         self._by_name = {layer.name: layer for layer in layers}
         self.counts = counts
+        self.input_size = input_size
+        """The model input (without the batch dimension, e.g. ``(3, 224, 224)``) the output shapes are for."""
 
     def __len__(self) -> int:
         return len(self._layers)
@@ -73,7 +77,7 @@ class LayerInventory(Sequence[LayerInfo]):
         return [layer.name for layer in self._layers]
 
     def __repr__(self) -> str:
-        return f"LayerInventory({len(self)} layers, {self.counts})"
+        return f"LayerInventory({len(self)} layers, input_size={self.input_size}, {self.counts})"
 
     def __str__(self) -> str:
         header = ("name", "type", "parameters", "channels", "output shape")
@@ -90,6 +94,9 @@ class LayerInventory(Sequence[LayerInfo]):
         ]
         widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
         lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
+        if self.input_size is not None:
+            lines.insert(0, f"output shapes for one input of input_size={self.input_size}; "
+                            "subject.layers(size=(H, W)) probes another size")
         lines.append(", ".join(f"{kind}: {count}" for kind, count in self.counts.items()))
         return "\n".join(lines)
 
@@ -146,7 +153,7 @@ def layer_inventory(model: nn.Module, probe_input: torch.Tensor) -> LayerInvento
                 calls=calls.get(name, 0),
             )
         )
-    return LayerInventory(layers, _counts(model))
+    return LayerInventory(layers, _counts(model), input_size=tuple(probe_input.shape[1:]))
 
 
 def _is_downsample(name: str) -> bool:
@@ -173,21 +180,32 @@ def _counts(model: nn.Module) -> dict[str, int]:
     return counts
 
 
-def close_matches(name: str, options: Iterable[str]) -> str:
+def close_matches(name: str, options: Iterable[str], first: Sequence[str] = ()) -> str:
     """``" (did you mean 'a', 'b' or 'c'?)"``: up to 3 ``options`` close to ``name`` (``difflib``), or ``""``.
 
-    The one format of every unknown-name error: layers, class names, regions and groups.
+    The one format of every unknown-name error: layers, class names, regions and groups. ``first``:
+    suggestions listed before the close matches (a layer's full names ending in ``name``).
     """
-    near = [repr(option) for option in difflib.get_close_matches(name, list(options), n=3)]
+    near = list(dict.fromkeys([*first, *difflib.get_close_matches(name, list(options), n=3)]))
     if not near:
         return ""
-    listed = near[0] if len(near) == 1 else f"{', '.join(near[:-1])} or {near[-1]}"
+    quoted = [repr(option) for option in near]
+    listed = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
     return f" (did you mean {listed}?)"
 
 
+_SUFFIX_SHOWN = 6
+"""At most this many full layer names ending in an unknown name are suggested."""
+
+
 def _unknown_layer_message(name: str, names: list[str]) -> str:
+    """Close matches, led by the full names that end in ``name`` (``conv4`` -> ``features.conv4``)."""
+    ending = [n for n in names if n.endswith("." + name)] if name else []
+    more = ""
+    if len(ending) > _SUFFIX_SHOWN:
+        more = f" (the first {_SUFFIX_SHOWN} of {len(ending)} layers ending in '.{name}')"
     return (
-        f"no layer named {name!r} in the model{close_matches(name, names)}. "
+        f"no layer named {name!r} in the model{close_matches(name, names, first=ending[:_SUFFIX_SHOWN])}{more}. "
         "Layer names are those of model.named_modules(); list them with subject.layers()"
     )
 

@@ -21,7 +21,7 @@ import torch
 from cnnaudit import evidence
 from cnnaudit.engine import AuditedModel, Maps
 from cnnaudit.images import iter_batches
-from cnnaudit.regions import as_regions, mask_box
+from cnnaudit.regions import Regions, as_regions, mask_box
 from cnnaudit.scores import Scores
 
 POINTING_TOLERANCE = 15.0
@@ -42,6 +42,8 @@ def _per_image(heatmaps: Maps, regions: Any, metric: str, compute: PerBatch, bat
     Values stay on the maps' device until one read at the end (metrics that loop on the host
     return numpy arrays, which are put back on the device with their chunk).
     """
+    if isinstance(regions, str):
+        regions = named_region(heatmaps, regions, metric)
     regions = as_regions(regions, heatmaps.image_size, len(heatmaps))
     values = torch.empty(len(heatmaps), dtype=torch.float64, device=heatmaps.raw.device)
     for start, mass in heatmaps.mass_batches(batch_size):
@@ -52,6 +54,24 @@ def _per_image(heatmaps: Maps, regions: Any, metric: str, compute: PerBatch, bat
         values[start:stop] = torch.where(empty, torch.nan, batch)
     source = {"heatmaps": heatmaps, "regions": regions, "index": np.arange(len(heatmaps))}
     return Scores(values.cpu().numpy(), f"{metric}({regions.name})", ids=heatmaps.ids, source=source)
+
+
+def named_region(heatmaps: Maps, name: str, metric: str = "mass_in") -> Regions:
+    """``heatmaps.images.region(name)``: the region called ``name`` of the ImageSet the maps were computed on,
+    for exactly those images. ``ValueError`` saying to pass the regions when the maps were not computed from
+    an ImageSet; ``KeyError`` listing the region names for an unknown one."""
+    region = getattr(heatmaps.images, "region", None)
+    if not callable(region):
+        made = "without their images" if heatmaps.images is None else f"from a {type(heatmaps.images).__name__}, not an ImageSet"
+        raise ValueError(
+            f"{metric}({name!r}): a region name is looked up in the ImageSet the heatmaps were computed on, but these "
+            f"were computed {made}; pass the regions themselves, e.g. {metric}(images.region({name!r})), or one box "
+            "(x0, y0, x1, y1) per image"
+        )
+    try:
+        return region(name)
+    except KeyError as error:
+        raise KeyError(f"{metric}({name!r}): {error.args[0]}") from None
 
 
 def _fractions(mass: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -374,6 +374,8 @@ class Subject:
         """Inventory of every submodule (name, type, parameters, channels, output shape) from one probe pass.
 
         ``size`` is the probe image's ``(H, W)``; default: the size of the last images seen, else 224x224.
+        The inventory's ``input_size`` (its first line when printed) is the model input the output
+        shapes are for, e.g. ``(3, 224, 224)``.
         """
         with self.audit():
             return layers_module.layer_inventory(self.model, self._probe(size))

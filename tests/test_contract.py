@@ -418,8 +418,10 @@ def test_load_weights_says_what_is_wrong_with_a_file_and_follows_dotted_keys(tmp
 
 def test_predict_of_no_images_or_of_images_without_pixels_is_a_clear_error(net):
     subject = ca.Subject(net, device="cpu")
+    with pytest.warns(UserWarning, match="matched none of the 2 images"):
+        nothing = ca.ImageSet(torch.rand(2, 3, 8, 8)).where([False, False])
     for images, message in ((torch.rand(0, 3, 8, 8), "predict\\(\\) got no images"),
-                            (ca.ImageSet(torch.rand(2, 3, 8, 8)).where([False, False]), "predict\\(\\) got no images"),
+                            (nothing, "predict\\(\\) got no images"),
                             (torch.rand(4, 3, 0, 0), "got images of 0x0 pixels .* an image needs at least one pixel")):
         with pytest.raises(ValueError, match=message):
             subject.predict(images)

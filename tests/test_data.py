@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -304,3 +305,50 @@ def test_imageset_size_must_be_two_positive_integers():
         with pytest.raises(ValueError, match=r"ImageSet\(size=.*\): size is the \(H, W\) to resize every image to"):
             ImageSet(torch.rand(2, 3, 8, 8), size=size)
     assert ImageSet(torch.rand(2, 3, 8, 8), size=[4, 6]).tensor().shape == (2, 3, 4, 6)
+
+
+def test_a_where_that_matches_nothing_warns_with_the_values_that_exist():
+    people = ImageSet(torch.zeros(4, 3, 2, 2), labels=["doctor", "nurse", "doctor", "nurse"],
+                      groups={"gender": ["f", "f", "m", "m"], "age": [30, 40, 50, 60]})
+    with pytest.warns(UserWarning, match=r"ImageSet\.where\(label='docter'\) matched none of the 4 images: label='docter' "
+                                         r"matches 0 \(labels: 'doctor', 'nurse'\); check the spelling and the type"):
+        empty = people.where(label="docter")
+    assert len(empty) == 0 and empty.ids == []
+    with pytest.warns(UserWarning, match=r"age='40' matches 0 \(values of group 'age': 30, 40, 50, 60\); .*1 is not '1'"):
+        assert len(people.where(age="40")) == 0
+    with pytest.warns(UserWarning, match=r"where\(mask age>55, label='doctor'\) matched none of the 4 images: the mask "
+                                         r"age>55 selects 1; label='doctor' matches 2 .*no image matches them all"):
+        assert len(people.where(people.group("age") > 55, label="doctor")) == 0
+    with pytest.warns(UserWarning, match=r"where\(mask gender=x\) matched none of the 4 images: the mask gender=x selects 0; "
+                                         r"the mask is False for every image"):
+        assert len(people.where(people.group("gender") == "x")) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert people.where(label="nurse", gender="m").ids == ["3"]
+        assert len(empty.where(label="doctor")) == 0  # an already empty set has nothing to match: no second warning
+
+
+def test_from_coco_labels_single_category_images_and_reads_images_next_to_the_json(tmp_path):
+    folder = tmp_path / "annotated"
+    folder.mkdir()
+    for name, value in [("a", 10), ("b", 20), ("c", 30), ("d", 40)]:
+        _write_png(folder / f"{name}.png", 4, 6, value)
+    coco = {
+        "images": [{"id": i + 1, "file_name": f"{name}.png"} for i, name in enumerate("abcd")],
+        "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+        "annotations": [
+            {"image_id": 1, "category_id": 1, "bbox": [0, 0, 2, 2]},
+            {"image_id": 1, "category_id": 1, "bbox": [2, 2, 2, 2]},  # two boxes, one category: label "cat"
+            {"image_id": 2, "category_id": 1, "bbox": [0, 0, 1, 1]},
+            {"image_id": 2, "category_id": 2, "bbox": [1, 1, 1, 1]},  # two categories: no label
+            {"image_id": 4, "category_id": 2, "bbox": [0, 0, 6, 4]},  # image 3 has no annotation: no label
+        ],
+    }
+    (folder / "coco.json").write_text(json.dumps(coco))
+    pets = ImageSet.from_coco(folder / "coco.json")  # image_dir: the JSON file's folder
+    assert pets.labels.tolist() == ["cat", None, None, "dog"]
+    assert pets.where(label="dog").ids == ["4"] and pets.where(label="cat").ids == ["1"]
+    assert pets.tensor()[:, 0, 0, 0].mul(255).round().tolist() == [10, 20, 30, 40]
+    assert ImageSet.from_coco(folder / "coco.json", folder).labels.tolist() == ["cat", None, None, "dog"]
+    (folder / "bare.json").write_text(json.dumps({"images": coco["images"], "annotations": []}))
+    assert ImageSet.from_coco(folder / "bare.json").labels is None

@@ -340,6 +340,28 @@ def test_the_command_line_helps_without_training() -> None:
     assert bad.returncode == 2 and "--seeds takes a range like 0-7" in bad.stderr
 
 
+def test_the_command_line_help_describes_each_command_and_runs_none(monkeypatch, capsys) -> None:
+    from cnnaudit.demo import __main__ as command_line
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("--help must not evaluate or train a model")
+
+    for name in ("seed_table", "shipped_table", "write_shipped"):
+        monkeypatch.setattr(command_line, name, refuse)
+    for argv in (["--help"], ["-h"], ["seeds", "--help"], ["train", "--help"]):
+        with pytest.raises(SystemExit) as done:
+            command_line.main(argv)
+        assert done.value.code == 0, argv
+    shown = capsys.readouterr().out
+    assert "python -m cnnaudit.demo seeds --seeds 0-7 --threads 1" in shown and "trains nothing" in shown
+    assert "python -m cnnaudit.demo train [--out DIR]" in shown and "--seeds SEEDS" in shown
+    for argv, message in ([["--bogus"], "unrecognized arguments: --bogus"], [["tabel"], "invalid choice: 'tabel'"],
+                          [["table", "--seeds", "3"], "unrecognized arguments: --seeds 3"]):
+        with pytest.raises(SystemExit) as done:
+            command_line.main(argv)
+        assert done.value.code == 2 and message in capsys.readouterr().err, argv
+
+
 def test_the_demo_is_an_attribute_of_the_package_without_importing_torch_early():
     """``import cnnaudit`` stays cheap (no torch) and ``ca.demo`` works without ``from cnnaudit import demo``."""
     script = (

@@ -34,10 +34,20 @@ def test_resnet18_inventory_shapes_channels_and_parameters(torchvision_model):
     assert inventory["layer1"].parameters == sum(p.numel() for p in model.layer1.parameters())
     assert inventory["layer1.0.relu"].calls == 2  # BasicBlock applies its ReLU module twice
     text = str(inventory)
-    assert text.splitlines()[0].split() == ["name", "type", "parameters", "channels", "output", "shape"]
+    assert text.splitlines()[1].split() == ["name", "type", "parameters", "channels", "output", "shape"]
     assert "layer2.0.downsample.0  Conv2d" in text and "128x8x8" in text
     assert text.splitlines()[-1] == "conv: 20, linear: 1, sequential: 4, blocks: 8, downsample: 3"
-    assert len(inventory) == len(text.splitlines()) - 2
+    assert len(inventory) == len(text.splitlines()) - 3
+
+
+def test_the_inventory_says_which_input_size_its_output_shapes_are_for(torchvision_model):
+    subject = ca.Subject(torchvision_model("resnet18"), device="cpu")
+    inventory = subject.layers(size=(64, 32))
+    assert inventory.input_size == (3, 64, 32) and inventory["layer4"].output_shape == (512, 2, 1)
+    assert str(inventory).splitlines()[0] == (
+        "output shapes for one input of input_size=(3, 64, 32); subject.layers(size=(H, W)) probes another size")
+    assert repr(inventory).startswith("LayerInventory(67 layers, input_size=(3, 64, 32), {'conv': 20")
+    assert subject.layers().input_size == (3, 224, 224)  # no images seen yet: the 224x224 default
 
 
 def test_unused_module_has_no_shape():
@@ -98,6 +108,27 @@ def test_unknown_layer_lists_close_matches(torchvision_model):
     with pytest.raises(KeyError, match="subject.layers()"):
         resolve_layer(model, "")
     assert resolve_layer(model, "layer2.1.bn2") is model.layer2[1].bn2
+
+
+def test_an_unknown_short_name_suggests_the_full_names_that_end_in_it(torchvision_model):
+    model = nn.Sequential()
+    model.add_module("features", nn.Sequential())
+    model.features.add_module("conv1", nn.Conv2d(3, 4, 3))
+    model.features.add_module("conv4", nn.Conv2d(4, 4, 3))
+    model.add_module("head", nn.Linear(4, 2))
+    with pytest.raises(KeyError, match=r"no layer named 'conv4' in the model \(did you mean 'features\.conv4'\?\)\. "):
+        resolve_layer(model, "conv4")
+    with pytest.raises(KeyError, match=r"'features\.conv4'"):
+        ca.Subject(model, layer="conv4", device="cpu")
+    with pytest.raises(KeyError, match=r"\(did you mean 'features\.conv1'\?\)"):
+        layer_inventory(model[:1], torch.zeros(1, 3, 8, 8))["conv1"]
+    resnet = torchvision_model("resnet18")
+    with pytest.raises(KeyError, match=r"\(did you mean 'layer1\.0\.conv1', 'layer2\.0\.conv1', 'layer3\.0\.conv1', "
+                                       r"'layer4\.0\.conv1' or 'conv1'\?\)"):
+        resolve_layer(resnet, "0.conv1")
+    # eight blocks end in '.conv2': six are named, the count says there are more, a close match follows
+    with pytest.raises(KeyError, match=r"'layer3\.1\.conv2' or 'conv1'\?\) \(the first 6 of 8 layers ending in '\.conv2'\)\. Layer names"):
+        resolve_layer(resnet, "conv2")
 
 
 def test_close_matches_is_the_one_suggestion_format():

@@ -541,7 +541,8 @@ def test_the_search_climbs_single_positions_where_the_map_wide_climb_silences_th
 def test_an_empty_image_set_leaves_relative_activation_undefined_and_rescues_nothing() -> None:
     model, _ = pattern_model()
     vis = maximize(subject_of(model), "1", [0], steps=4, size=16)
-    empty = ImageSet(torch.rand(2, 3, 16, 16), ids=["a", "b"]).where([False, False])
+    with pytest.warns(UserWarning, match="matched none of the 2 images"):
+        empty = ImageSet(torch.rand(2, 3, 16, 16), ids=["a", "b"]).where([False, False])
     assert all(value != value for value in vis.relative_to(empty).values)  # NaN
     (found,) = vis.liveness(images=empty)
     assert not found.source.startswith("real image") and found.source.startswith("reachability search")

@@ -401,3 +401,34 @@ def test_sanity_check_records_only_the_audited_models_maps_as_evidence():
     recorded = recorder.finish()
     assert len(recorded["heatmaps"]) == 1  # the original maps, not one per randomised twin
     assert [model["sha256"] for model in recorded["models"]] == [subject.identity()["sha256"]]
+
+
+# ---- regions by name ---------------------------------------------------------------------------------
+def test_a_region_name_is_the_region_of_the_imageset_the_maps_were_computed_on():
+    from cnnaudit.data import ImageSet
+
+    people = ImageSet(torch.zeros(3, 3, 4, 4), labels=["a", "b", "a"], ids=["x", "y", "z"],
+                      regions={"tools": [(0, 0, 2, 2), (0, 0, 4, 4), (2, 0, 4, 4)], "face": [None, None, (0, 0, 1, 1)]})
+    subset = people.where(label="a")  # images x and z: the names must resolve to these two, not to x and y
+    maps = Heatmaps(CORNER.raw.expand(2, 2, 2), image_size=SIZE, method="test", images=subset, ids=subset.ids)
+    by_name = maps.mass_in("tools")
+    assert by_name.name == "mass_in(tools)" and by_name.ids == ["x", "z"]
+    assert by_name.values.tolist() == pytest.approx([3.0625 / 4, 0.5 / 4])  # see test_mass_in_and_enrichment_hand_computed
+    assert maps.pointing_game("tools", tolerance=0).values.tolist() == [1.0, 0.0]
+    for name, metric in ALL.items():
+        np.testing.assert_array_equal(metric(maps, "face").values, metric(maps, subset.region("face")).values, err_msg=name)
+    np.testing.assert_array_equal(maps.localization_iou("tools", threshold=0.5).values,
+                                  maps.localization_iou(subset.region("tools"), threshold=0.5).values)
+    with pytest.raises(KeyError, match=r"pointing_game\('tool'\): unknown region 'tool' \(did you mean 'tools'\?\); available: 'face', 'tools'"):
+        maps.pointing_game("tool")
+
+
+def test_a_region_name_on_maps_of_plain_tensors_says_to_pass_the_regions():
+    model = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    from_tensor = Subject(model, layer="0", device="cpu").gradcam(torch.rand(2, 3, 4, 4), target=0)
+    with pytest.raises(ValueError, match=r"mass_in\('tools'\): a region name is looked up in the ImageSet the heatmaps were "
+                                         r"computed on, but these were computed from a Tensor, not an ImageSet; pass the regions "
+                                         r"themselves, e.g. mass_in\(images\.region\('tools'\)\)"):
+        from_tensor.mass_in("tools")
+    with pytest.raises(ValueError, match=r"localization_iou\('face'\): .* computed without their images"):
+        CORNER.localization_iou("face")

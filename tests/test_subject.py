@@ -191,8 +191,10 @@ def test_clear_errors_for_bad_input(tiny_cnn, images16):
     with pytest.raises(ValueError, match="got no images; pass at least one image"):
         subject.gradcam(images16[:0])
     people = ca.ImageSet(images16, labels=["a", "b", "a", "b"])
+    with pytest.warns(UserWarning, match=r"where\(label='c'\) matched none"):
+        nobody = people.where(label="c")
     with pytest.raises(ValueError, match=r"got no images \(an empty ImageSet: did a where\(\) match nothing\?\)"):
-        subject.gradcam(people.where(label="c"))
+        subject.gradcam(nobody)
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
         ca.Subject(tiny_cnn, batch_size=0)
     with pytest.raises(TypeError, match="needs a torch.nn.Module"):
