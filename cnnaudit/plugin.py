@@ -25,7 +25,11 @@ _OPTIONS = {
     "json": ("PATH", "write the run's results and evidence as JSON to PATH"),
     "device": ("DEVICE", "device audits run on: auto (CUDA when available), cpu, cuda or cuda:N (default: auto)"),
     "baseline": ("PATH", "baseline file the `baseline` fixture compares against"),
-    "save_baseline": ("PATH", "store every recorded Scores summary as a baseline in PATH"),
+    "save_baseline": ("PATH", "store every recorded Scores, per image, as a baseline in PATH"),
+    "summary": ("PATH", "write a Markdown summary of the run (failed gates first) to PATH; also appended to "
+                        "$GITHUB_STEP_SUMMARY when that is set"),
+    "correction": ("METHOD", "adjust the run's comparison p-values for multiple testing: holm or bh "
+                             "(Benjamini-Hochberg), shown beside the raw ones (default: none)"),
 }
 _NOT_RUNNING = ("collectonly", "setuponly", "setupplan", "showfixtures", "show_fixtures_per_test", "markers", "help", "version")
 """Options with which pytest runs no test: nothing is recorded and no report is (over)written."""

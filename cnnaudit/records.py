@@ -30,10 +30,21 @@ from typing import Any, Callable
 import numpy as np
 
 from cnnaudit.safe_text import digest
-from cnnaudit.summaries import delta, gate, histogram, markers, per_image, summarize, summarize_difference
+from cnnaudit.summaries import (
+    delta,
+    gate,
+    histogram,
+    markers,
+    paired_histogram,
+    per_image,
+    summarize,
+    summarize_difference,
+)
 
 OVERLAYS_PER_HEATMAPS = 8
 EXTREMES_PER_SCORES = 4
+CHANGES_PER_COMPARISON = 4
+"""Images shown side by side (a's overlay, b's, their difference) for a paired comparison of two heatmap sets."""
 CHANNELS_PER_GRID = 64
 IMAGES_PER_TEST = 96
 THUMBNAIL_SIDE = 128
@@ -63,6 +74,7 @@ class EvidenceRecorder:
         self._scores: list[tuple[str, Any, dict[str, list[dict]]]] = []
         self._keys: dict[int, str] = {}
         self._differences: list[tuple[str, Any, tuple[str | None, str | None]]] = []
+        self._changes: dict[str, list[dict]] = {}
         self._heatmaps: list[dict] = []
         self._visualizations: list[dict] = []
         self._images: list[dict] = []
@@ -201,7 +213,40 @@ class EvidenceRecorder:
     def _comparison_summary(self, key: str, diff: Any, side_keys: tuple[str | None, str | None]) -> dict:
         summary = {"key": key, **summarize_difference(diff)}
         summary["a"]["key"], summary["b"]["key"] = side_keys
+        summary["changes"] = self._changes.pop(key, [])
+        summary["histogram"] = paired_histogram(diff.a, diff.b) if diff.paired else None
         return summary
+
+    def _largest_changes(self, diff: Any, labels: list[str]) -> list[dict]:
+        """For a paired comparison of two heatmap sets (two models, or two methods, on the same images): the
+        :data:`CHANGES_PER_COMPARISON` images whose value changed most, each as a's overlay, b's overlay and
+        the difference of the two maps (each scaled to its own maximum, as the overlays show them)."""
+        sides = getattr(diff, "sides", None) or (None, None)
+        sources = [(getattr(side, "source", None) or {}).get("heatmaps") for side in sides]
+        if not diff.paired or diff.ids is None or None in sources or self.image_dir is None:
+            return []
+        if any(h.images is None for h in sources):
+            return []
+        for heatmaps in sources:
+            self._note_subject(getattr(heatmaps, "subject", None))
+        where = [{str(i): k for k, i in enumerate(h.ids)} for h in sources]
+        change = np.asarray(diff.a) - np.asarray(diff.b)
+        out = []
+        for j in np.argsort(-np.abs(change), kind="stable")[:CHANGES_PER_COMPARISON]:
+            image_id = diff.ids[j]
+            index = [w.get(image_id) for w in where]
+            if None in index:
+                continue
+            shots = [
+                self._save(lambda h=h, i=i: _overlay(h, i), title=image_id, source_size=h.image_size,
+                           caption=f"{label} = {value:.3g}{_model_hint(h)}")
+                for h, i, label, value in zip(sources, index, labels, (diff.a[j], diff.b[j]), strict=True)
+            ]
+            shots.append(self._save(lambda: _map_difference(sources, index), title=image_id,
+                                    caption=f"a − b = {change[j]:+.3g} (red: a higher)", source_size=sources[0].image_size))
+            if None not in shots:
+                out.append({"id": image_id, "change": float(change[j]), "images": shots})
+        return out
 
     def _scores_summary(self, key: str, obj: Any, images: dict, baseline_entry: Callable[[str], dict | None],
                         thresholds: list[dict]) -> dict:
@@ -251,7 +296,11 @@ class EvidenceRecorder:
             label = str(diff.name)
         else:
             label = " \u2212 ".join(key or _outside_key(side) for key, side in zip(side_keys, sides, strict=True))
-        self._differences.append((_unique(label, {k for k, _, _ in self._differences}), diff, side_keys))
+        key = _unique(label, {k for k, _, _ in self._differences})
+        self._differences.append((key, diff, side_keys))
+        if sides[0] is not None and sides[1] is not None:
+            labels = [k or _outside_key(side) for k, side in zip(side_keys, sides, strict=True)]
+            self._changes[key] = self._largest_changes(diff, labels)
 
     def _observe_visualizations(self, vis: Any) -> None:
         from cnnaudit.render import grid
@@ -402,6 +451,29 @@ def _overlay(heatmaps: Any, i: int) -> np.ndarray:
     mass = mass[0, 0].cpu().numpy()
     peak = mass.max()
     return overlay(heatmaps.image(i, size), mass / peak if peak > 0 else mass)
+
+
+def _model_hint(heatmaps: Any) -> str:
+    """``", model 1f130763"``: the start of the heatmaps' model hash, which tells two models' overlays apart."""
+    identity = model_identity(getattr(heatmaps, "subject", None)) or {}
+    return f", model {str(identity['sha256'])[:8]}" if identity.get("sha256") else ""
+
+
+def _map_difference(sources: list[Any], index: list[int]) -> np.ndarray:
+    """Map ``index[0]`` of ``sources[0]`` minus map ``index[1]`` of ``sources[1]``, each as its overlay scales it
+    (``relu(raw)`` at evidence size over its maximum), over the first's image in grey."""
+    import torch.nn.functional as F
+
+    from cnnaudit.render import difference
+
+    size = evidence_size(sources[0].image_size)
+    maps = []
+    for heatmaps, i in zip(sources, index, strict=True):
+        mass = F.interpolate(heatmaps.raw[i : i + 1, None].clamp(min=0), size=size, mode="bilinear", align_corners=False)
+        mass = mass[0, 0].cpu().numpy()
+        peak = mass.max()
+        maps.append(mass / peak if peak > 0 else mass)
+    return difference(sources[0].image(index[0], size), maps[0] - maps[1])
 
 
 def _outlined(image: np.ndarray, regions: Any, i: int) -> np.ndarray:

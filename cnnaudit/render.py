@@ -26,6 +26,15 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5, cmap: st
     return (np.clip(blended, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
+def difference(image: np.ndarray, change: np.ndarray, alpha: float = 0.6, cmap: str = "RdBu_r") -> np.ndarray:
+    """``change`` (``(H,W)`` in ``[-1, 1]``: one map minus another) in a diverging colormap over ``image`` in grey:
+    red where the first map is higher, blue where the second is, white where they agree."""
+    grey = image[..., :3].astype(np.float32).mean(axis=-1, keepdims=True).repeat(3, axis=-1)
+    if image.dtype == np.uint8:
+        grey /= 255.0
+    return overlay(grey, (np.clip(change, -1.0, 1.0) + 1.0) / 2.0, alpha=alpha, cmap=cmap)
+
+
 @functools.lru_cache(maxsize=8)
 def _colour_table(cmap: str) -> np.ndarray:
     """The ``N`` RGB colours of matplotlib colormap ``cmap``, float32 ``(N, 3)``."""

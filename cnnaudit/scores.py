@@ -180,7 +180,14 @@ class Scores:
         )
 
     def by(self, groups: Any) -> dict[Any, Scores]:
-        """``{group value: Scores of that group}``, in order of first appearance (NaN values form one group)."""
+        """``{group value: Scores of that group}``, in order of first appearance (NaN values form one group).
+
+        ``groups``: one value per score, or the name of a group of the ImageSet the scores' heatmaps
+        were computed on (``scores.by("site")``)."""
+        if isinstance(groups, str):
+            from cnnaudit.data import scores_group  # lazily: data.py does not import scores.py
+
+            groups = scores_group(self.source, groups, self.n)
         if hasattr(groups, "detach"):
             groups = groups.detach().cpu().numpy()
         labels = [math.nan if _is_nan(g) else g for g in groups]
@@ -256,16 +263,18 @@ class Difference:
     """``mean(a) - mean(b)`` with a bootstrap interval and a permutation-test p-value (see ``compare``).
 
     ``a``, ``b``: the values compared (aligned pairs when ``paired``); ``sides``: the two ``Scores``
-    they came from, or ``None``; ``unmatched``: how many ids of each side had no partner (paired on
-    shared ids only); ``n``: the number of pairs (paired) or of values of ``a``. Creating one notifies
+    they came from, or ``None``; ``ids``: the id of each pair (paired, with ids), else ``None``;
+    ``unmatched``: how many ids of each side had no partner (paired on shared ids only); ``n``: the
+    number of pairs (paired) or of values of ``a``. Creating one notifies
     the evidence recorder; the interval and the p-value are computed when first asked for (by the
     audit, or by the recorder writing a report).
     """
 
     def __init__(self, a: np.ndarray, b: np.ndarray, *, paired: bool, name: str, seed: int = 0,
-                 sides: tuple[Scores, Scores] | None = None, unmatched: tuple[int, int] = (0, 0)) -> None:
+                 sides: tuple[Scores, Scores] | None = None, unmatched: tuple[int, int] = (0, 0),
+                 ids: list[str] | None = None) -> None:
         self.a, self.b, self.paired, self.name, self.seed, self.sides = a, b, paired, name, seed, sides
-        self.unmatched = unmatched
+        self.unmatched, self.ids = unmatched, ids
         self._statistic = _paired_mean_difference if paired else _mean_difference
         self.mean = Statistic(self._statistic(a, b), self, "mean")
         self._intervals: dict[float, Interval] = {}
@@ -341,7 +350,8 @@ def compare(a: Scores, b: Scores, *, paired: bool | None = None, seed: int = 0) 
     x, y = x[keep], y[keep]
     if x.size == 0:
         raise UndefinedScoresError(f"{name}: no image has both values defined; nothing to compare")
-    return Difference(x, y, paired=True, name=name, seed=seed, sides=(a, b), unmatched=unmatched)
+    ids = [i for i, kept in zip(shared, keep, strict=True) if kept] if shared else None
+    return Difference(x, y, paired=True, name=name, seed=seed, sides=(a, b), unmatched=unmatched, ids=ids)
 
 
 def _not_scores(side: str, value: object) -> str:

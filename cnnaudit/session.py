@@ -12,6 +12,7 @@ On the controller (the only process without xdist) the session folds test report
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -21,6 +22,7 @@ from cnnaudit import report
 from cnnaudit.baseline import Baseline, BaselineLookup, check_writable, environment_differences, save
 from cnnaudit.environment import check_device_option, describe, device_identity, header_line, torch_device
 from cnnaudit.report.folder import ReportFolder
+from cnnaudit.report.overview import CORRECTIONS, markdown
 from cnnaudit.results import RunResults
 
 CHECKPOINT_SECONDS = 30.0
@@ -36,6 +38,8 @@ class RunOptions:
     device: str = "auto"
     baseline: Path | None = None
     save_baseline: Path | None = None
+    summary: Path | None = None
+    correction: str | None = None
     junit: bool = False
     run_images: Path | None = None
     """This run's own image folder inside :attr:`image_dir` (set once the controller claimed it)."""
@@ -47,13 +51,13 @@ class RunOptions:
     @classmethod
     def from_plain(cls, plain: dict[str, Any]) -> RunOptions:
         """Inverse of :meth:`to_plain`."""
-        paths = {f.name for f in fields(cls) if f.name not in ("device", "junit")}
+        paths = {f.name for f in fields(cls) if f.name not in ("device", "junit", "correction")}
         return cls(**{k: Path(v) if k in paths and v is not None else v for k, v in plain.items()})
 
     @property
     def recording(self) -> bool:
         """Whether tests are recorded at all."""
-        return any((self.report, self.json, self.baseline, self.save_baseline, self.junit))
+        return any((self.report, self.json, self.baseline, self.save_baseline, self.summary, self.junit))
 
     @property
     def image_dir(self) -> Path | None:
@@ -80,12 +84,17 @@ def settings_from(values: dict[str, tuple[str | None, Path]], junit: bool) -> Ru
 
     device = values["device"][0] or "auto"
     check_device_option(device)
+    correction = (values["correction"][0] or "none").lower()
+    if correction not in ("none", *CORRECTIONS):
+        raise ValueError(f"--cnnaudit-correction={values['correction'][0]} is not a correction; use holm, bh or none")
     return RunOptions(
         report=path("report"),
         json=path("json"),
         device=device,
         baseline=path("baseline"),
         save_baseline=path("save_baseline"),
+        summary=path("summary"),
+        correction=None if correction == "none" else correction,
         junit=junit,
     )
 
@@ -221,9 +230,12 @@ class AuditSession:
             self.outputs["baseline"] = (self.settings.save_baseline, *counts)
 
     def write(self, *, interrupted: bool, in_progress: bool) -> None:
-        """Write the HTML and JSON reports of what finished so far."""
+        """Write the HTML and JSON reports of what finished so far; at the end (not ``in_progress``) also
+        the Markdown summary, appended to ``$GITHUB_STEP_SUMMARY`` too when that is set."""
         s = self.settings
-        if not (s.report or s.json):
+        summary = s.summary if not in_progress else None
+        step_summary = os.environ.get("GITHUB_STEP_SUMMARY") if summary else None
+        if not (s.report or s.json or summary):
             return
         begin = time.monotonic()
         doc = report.document(
@@ -235,12 +247,20 @@ class AuditSession:
             baseline=self.baseline_info(),
             started=self.started,
             finished=time.time(),
+            correction=s.correction,
         )
         if s.json:
             report.write_json(s.json, doc)
             self.outputs["json"] = (s.json, len(doc["tests"]))
         if s.report:
             self.outputs["report"] = (s.report, report.write_html(s.report, doc))
+        if summary:
+            with report.atomic_open(summary) as handle:
+                handle.write(markdown(doc, s.report, summary.parent))
+            self.outputs["summary"] = summary
+        if step_summary:
+            with open(step_summary, "a", encoding="utf-8") as handle:  # GitHub's file: other steps append to it too
+                handle.write(markdown(doc, s.report, None) + "\n")
         if self._folder is not None:
             self._folder.commit()  # the report files point at this run's images now; older runs' can go
         self._last_write = time.monotonic()
@@ -275,6 +295,8 @@ class AuditSession:
                 )
         if "json" in self.outputs:
             lines.append(f"cnnaudit: JSON report {self.outputs['json'][0]}")
+        if "summary" in self.outputs:
+            lines.append(f"cnnaudit: Markdown summary {self.outputs['summary']}")
         if "baseline" in self.outputs:
             path, stored, kept = self.outputs["baseline"]
             answered = self.answered_from_recording()

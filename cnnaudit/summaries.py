@@ -102,9 +102,22 @@ def histogram(values: Any, markers: list[float]) -> dict | None:
     return {"low": low, "high": high, "counts": counts.tolist()}
 
 
+def paired_histogram(a: Any, b: Any) -> dict | None:
+    """Both sides of a paired comparison in one histogram: :data:`HISTOGRAM_BINS` equal bins over the two
+    sides' values together, ``{low, high, a: counts, b: counts}``."""
+    values = np.concatenate([np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)])
+    joint = histogram(values, [])
+    if joint is None:
+        return None
+    bins = dict(bins=HISTOGRAM_BINS, range=(joint["low"], joint["high"]))
+    return {"low": joint["low"], "high": joint["high"],
+            "a": np.histogram(a, **bins)[0].tolist(), "b": np.histogram(b, **bins)[0].tolist()}
+
+
 def junit_properties(evidence: dict) -> list[tuple[str, object]]:
     """Each Scores' and each comparison's numbers as JUnit properties ``cnnaudit.<key>.<stat>`` (keys
-    made valid XML: pytest writes property names as they are)."""
+    made valid XML: pytest writes property names as they are), and each gate the test made, passed or
+    failed, as ``cnnaudit.gate.<k>`` = ``"passed: <key> <stat> <op> <threshold> with <value>, margin <m>"``."""
     props: list[tuple[str, object]] = []
     for s in evidence["scores"]:
         prefix = f"cnnaudit.{xml_text(s['key'])}"
@@ -120,7 +133,14 @@ def junit_properties(evidence: dict) -> list[tuple[str, object]]:
             (f"{prefix}.p_value", d["p_value"]), (f"{prefix}.paired", d["paired"]),
             (f"{prefix}.n_a", d["a"]["n"]), (f"{prefix}.n_b", d["b"]["n"]),
             (f"{prefix}.mean_a", d["a"]["mean"]), (f"{prefix}.mean_b", d["b"]["mean"]),
+            (f"{prefix}.n", d["n"]), (f"{prefix}.unmatched_a", d["unmatched"][0]), (f"{prefix}.unmatched_b", d["unmatched"][1]),
         ]
+    for k, g in enumerate(evidence.get("gates", []), start=1):
+        margin = "" if g["margin"] is None else f", margin {g['margin']:+.6g}"
+        threshold, actual = ("not finite" if v is None else f"{v:.6g}" for v in (g["value"], g["actual"]))
+        outcome = "passed" if g["holds"] else "failed"
+        props.append((f"cnnaudit.gate.{k}",
+                       xml_text(f"{outcome}: {g['key']} {g['stat']} {g['op']} {threshold} with {actual}{margin}")))
     return props
 
 

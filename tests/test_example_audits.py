@@ -73,8 +73,8 @@ def test_example_audits_pass_for_the_clean_models_and_catch_the_biased_one(audit
     outcomes = {test["nodeid"]: test["outcome"] for test in result["json"]["tests"]}
     biased = {nodeid: outcome for nodeid, outcome in outcomes.items() if "[biased]" in nodeid and "test_units" not in nodeid}
     others = {nodeid: outcome for nodeid, outcome in outcomes.items() if nodeid not in biased}
-    assert len(biased) == 7 and set(biased.values()) == {"xfailed"}, biased  # 4 attention, 2 decision audits, the gate
-    assert len(others) == 14 and set(others.values()) == {"passed"}, others
+    assert len(biased) == 8 and set(biased.values()) == {"xfailed"}, biased  # 4 attention, 2 decision audits, 2 gates
+    assert len(others) == 15 and set(others.values()) == {"passed"}, others
     assert {n for n in others if "test_units" in n and "[biased]" in n}  # the biased model's units are alive too
     html = result["html"]
     assert "test_doctor_decisions_rest_on_tools[biased]" in html and "mass_in(tools)" in html

@@ -24,6 +24,7 @@ import cnnaudit.render  # noqa: F401
 import cnnaudit.subject  # noqa: F401
 from cnnaudit import evidence
 from cnnaudit.baseline import Baseline, BaselineLookup, BaselineMissing, BaselineRecordingWarning, save
+from cnnaudit.safe_text import digest
 from cnnaudit.stored import StoredScores
 from cnnaudit.environment import device_name, worker_index
 from cnnaudit.records import EvidenceRecorder
@@ -258,8 +259,13 @@ def test_metric_values_are_junit_properties(pytester: pytest.Pytester) -> None:
     run(pytester, "--junitxml=junit.xml").assert_outcomes(passed=2, failed=1)
     cases = {c.get("name"): c for c in ET.parse(pytester.path / "junit.xml").getroot().iter("testcase")}
     props = {p.get("name"): p.get("value") for p in cases["test_fails"].iter("property")}
-    assert set(props) == {f"cnnaudit.mass_in(box).{k}" for k in ("n", "n_undefined", "mean", "ci_low", "ci_high")}
-    assert props["cnnaudit.mass_in(box).n"] == "6" and 0.0 <= float(props["cnnaudit.mass_in(box).mean"]) < 0.9
+    assert set(props) == {f"cnnaudit.mass_in(box).{k}" for k in ("n", "n_undefined", "mean", "ci_low", "ci_high")} | {
+        "cnnaudit.gate.1"}
+    mean = float(props["cnnaudit.mass_in(box).mean"])
+    assert props["cnnaudit.mass_in(box).n"] == "6" and 0.0 <= mean < 0.9
+    assert props["cnnaudit.gate.1"] == f"failed: mass_in(box) mean() >= 0.9 with {mean:.6g}, margin {mean - 0.9:+.6g}"
+    passed = {p.get("name"): p.get("value") for p in cases["test_passes"].iter("property")}
+    assert passed["cnnaudit.gate.1"].startswith("passed: mass_in(box) mean() >= 0 with ")  # passed gates too
 
 
 # ---- xdist ------------------------------------------------------------------------------------------
@@ -760,3 +766,48 @@ def test_a_file_that_is_not_a_baseline_is_refused(pytester: pytest.Pytester) -> 
         assert result.ret == pytest.ExitCode.USAGE_ERROR
         result.stderr.fnmatch_lines(['*notes.json is not a cnnaudit baseline file (expected "format": "cnnaudit-baseline")'])
     assert (pytester.path / "notes.json").read_text() == '{"hello": 1}'
+
+
+PAIRED = AUDIT + """
+import cnnaudit as ca
+
+def test_paired_gate(subject, images, baseline):
+    mass = subject.gradcam(images, target="b").mass_in(BOX)
+    gap = ca.compare(mass, baseline(mass))
+    assert gap.ci().low >= -0.02
+"""
+
+
+def test_a_markdown_summary_lists_failed_gates_first_and_goes_to_the_github_step_summary(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(test_audit=PAIRED)
+    step = pytester.path / "step.md"
+    step.write_text("earlier step\n")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step))
+    run(pytester, "--cnnaudit-save-baseline=base.json").assert_outcomes(passed=3, failed=1, warnings=1)
+    assert step.read_text() == "earlier step\n"  # no --cnnaudit-summary: nothing written there
+    result = run(pytester, "--cnnaudit-baseline=base.json", "--cnnaudit-report=out/r.html", "--cnnaudit-json=out/r.json",
+                 "--cnnaudit-summary=out/summary.md", "--cnnaudit-correction=bh")
+    result.assert_outcomes(passed=3, failed=1)
+    result.stdout.fnmatch_lines(["cnnaudit: Markdown summary *summary.md"])
+    text = (pytester.path / "out" / "summary.md").read_text()
+    doc = load(pytester.path / "out" / "r.json")
+    anchor = f"t-{digest('test_audit.py::test_fails')}"
+    assert text.startswith("## cnnaudit: FAIL") and text.index("### Failed") < text.index("### Other tests")
+    assert f"[`test_audit.py::test_fails`](r.html#{anchor})" in text and "✗ `mass_in(box)`: `mean()` = " in text
+    assert f'id="{anchor}"' in (pytester.path / "out" / "r.html").read_text()
+    # the paired gate against the baseline: recorded in full, passed, with the baseline's side named
+    (gap,) = by_name(doc)["test_paired_gate"]["evidence"]["comparisons"]
+    assert gap["key"] == "mass_in(box) \u2212 baseline(mass_in(box))" and gap["paired"] and gap["n"] == 6
+    assert gap["unmatched"] == [0, 0] and gap["mean"] == 0 and gap["thresholds"][0]["holds"] is True
+    assert doc["correction"] == {"method": "bh", "name": "Benjamini-Hochberg", "m": 1} and gap["p_adjusted"] == 1.0
+    assert "✓ `mass_in(box) − baseline(mass_in(box))`: `ci().low` = 0 >= -0.02" in text
+    assert step.read_text().startswith("earlier step\n## cnnaudit: FAIL")  # appended, the earlier step kept
+
+
+def test_an_unknown_correction_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_a="def test_a():\n    pass\n")
+    result = run(pytester, "--cnnaudit-correction=bonferroni")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--cnnaudit-correction=bonferroni is not a correction; use holm, bh or none*"])

@@ -14,6 +14,7 @@ from scipy import stats
 from cnnaudit import evidence, render
 from cnnaudit.heatmaps import Heatmaps
 from cnnaudit.records import (
+    CHANGES_PER_COMPARISON,
     EVIDENCE_SIDE,
     IMAGES_PER_TEST,
     OVERLAYS_PER_HEATMAPS,
@@ -366,7 +367,7 @@ def test_comparisons_name_their_sides_by_their_keys_in_the_test() -> None:
     assert (props[f"{prefix}.n_a"], props[f"{prefix}.n_b"]) == (3, 3) and props[f"{prefix}.mean_b"] == pytest.approx(0.6)
     assert props[f"{prefix}.p_value"] == out["comparisons"][0]["p_value"]
     assert {k.removeprefix(prefix + ".") for k in props if k.startswith(prefix + ".")} == {
-        "mean", "ci_low", "ci_high", "p_value", "paired", "n_a", "n_b", "mean_a", "mean_b",
+        "mean", "ci_low", "ci_high", "p_value", "paired", "n_a", "n_b", "mean_a", "mean_b", "n", "unmatched_a", "unmatched_b",
     }
 
 
@@ -464,3 +465,30 @@ def test_big_images_are_drawn_at_the_evidence_side_and_say_so(tmp_path: Path) ->
     extreme = out["scores"][0]["images"]["highest"][0] if out["scores"][0]["images"]["highest"] else out["scores"][0]["images"]["lowest"][0]
     assert (extreme["width"], extreme["height"]) == (683, 1024)
     assert len(list(tmp_path.iterdir())) == 4  # two images, each a file and a thumbnail
+
+
+def test_a_paired_comparison_of_two_heatmap_sets_shows_the_largest_changes_and_both_distributions(tmp_path: Path) -> None:
+    first, second = make_heatmaps(10), make_heatmaps(10)
+    second.raw = torch.roll(second.raw, shifts=1, dims=0)  # another "model": each image gets another map
+    regions = Regions([(4, 4, 12, 12)] * 10, image_size=(24, 24), name="box")
+    recorder = EvidenceRecorder("t.py::test", tmp_path)
+    with evidence.recording(recorder):
+        a, b = first.mass_in(regions), second.mass_in(regions)
+        gap = compare(a, b)
+    (summary,) = recorder.finish()["comparisons"]
+    change = a.values - b.values
+    expected = [str(i) for i in np.argsort(-np.abs(change), kind="stable")[:CHANGES_PER_COMPARISON]]
+    assert [c["id"] for c in summary["changes"]] == expected and gap.ids == [str(i) for i in range(10)]
+    top = summary["changes"][0]
+    assert top["change"] == pytest.approx(change[int(expected[0])]) and len(top["images"]) == 3
+    assert [image["caption"].split(" = ")[0] for image in top["images"]] == ["mass_in(box)", "mass_in(box)#2", "a − b"]
+    # the difference map: red where a's map is the higher one, blue where b's is (RdBu_r over the image in grey)
+    i = int(expected[0])
+    scaled = [h.raw[i].clamp(min=0) / h.raw[i].clamp(min=0).max() for h in (first, second)]
+    diff_image = read(tmp_path / top["images"][2]["file"]).astype(int)
+    a_higher = torch.nn.functional.interpolate((scaled[0] - scaled[1])[None, None], size=(24, 24), mode="bilinear",
+                                               align_corners=False)[0, 0].numpy()
+    red_minus_blue = diff_image[..., 0] - diff_image[..., 2]
+    assert np.corrcoef(red_minus_blue.ravel(), a_higher.ravel())[0, 1] > 0.8
+    hist = summary["histogram"]
+    assert sum(hist["a"]) == sum(hist["b"]) == 10 and hist["low"] <= min(a.min(), b.min()) and hist["high"] >= max(a.max(), b.max())

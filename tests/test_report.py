@@ -188,13 +188,16 @@ def test_comparisons_appear_in_the_html_and_the_json_escaped(tmp_path: Path) -> 
 
     report.write_html(tmp_path / "r.html", doc)
     text = (tmp_path / "r.html").read_text()
-    assert evil not in text and text.count(f"<code>{markupsafe.escape(evil)} \u2212 m</code>") == 1
+    # in the summary table's key gate and in the comparisons table
+    assert evil not in text and text.count(f"<code>{markupsafe.escape(evil)} \u2212 m</code>") == 2
     row = text[text.index('<tr class="diff bad">'):]
+    gates = row[row.index("</tr>"):]
+    gates = gates[: gates.index("</tr>", 5)]  # the row under it lists the comparison's gates
     row = row[: row.index("</tr>")]
     low, high = gap.ci().low, gap.ci().high
     assert f"<b>\u2212{report._num(0.4)}</b>" in row  # mean difference 0.175 - 0.575, signed
     assert f"95% [{report._signed(low)}, {report._signed(high)}]" in row and "unpaired, 6 vs 6" in row
-    assert f"<td>{report._num(gap.p_value)}</td>" in row and "<code>p_value &gt; 0.0100</code>" in row
+    assert f"<td>{report._num(gap.p_value)}</td>" in row and "✗ <code>p_value &gt; 0.0100</code>" in gates
     assert "paired, 2 pairs" in text and '<section class="card comparisons gate-failed">' in text
     assert f"{markupsafe.escape(evil.lower())} \u2212 m" in text  # in the search text of the test
 

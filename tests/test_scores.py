@@ -194,3 +194,29 @@ def test_compare_of_undefined_scores_raises():
         compare(Scores([NAN], "a"), Scores([1.0], "b"))
     with pytest.raises(UndefinedScoresError, match="no image has both"):
         compare(Scores([NAN, 1.0], "a", ids=["x", "y"]), Scores([1.0, NAN], "b", ids=["x", "y"]))
+
+
+def test_by_a_group_name_reads_the_imageset_behind_the_scores():
+    import torch
+
+    from cnnaudit.data import ImageSet
+    from cnnaudit.heatmaps import Heatmaps
+
+    people = ImageSet(torch.zeros(4, 3, 2, 2), groups={"site": ["A", "B", "A", "C"]}, ids=list("wxyz"),
+                      regions={"corner": [(0, 0, 1, 1)] * 4})
+    raw = torch.tensor([[[v, 1 - v], [0.0, 0.0]] for v in (0.1, 0.2, 0.3, 0.4)])  # mass_in(corner) = v
+    scores = Heatmaps(raw, image_size=(2, 2), method="test", images=people, ids=people.ids).mass_in("corner")
+    groups = scores.by("site")
+    assert list(groups) == ["A", "B", "C"] and groups["A"].name == "mass_in(corner)[A]"
+    assert groups["A"].values.tolist() == pytest.approx([0.1, 0.3]) and groups["A"].ids == ["w", "y"]
+    assert groups["C"].values.tolist() == pytest.approx([0.4])
+    later = scores.where(np.array([False, True, True, True])).by("site")  # source["index"] keeps the images aligned
+    assert list(later) == ["B", "A", "C"] and later["A"].values.tolist() == pytest.approx([0.3]) and later["B"].ids == ["x"]
+    with pytest.raises(KeyError, match=r"unknown group 'sit' \(did you mean 'site'\?\); available: 'site'"):
+        scores.by("sit")
+    with pytest.raises(ValueError, match=r"by\('site'\): .* but they were not computed from heatmaps; pass one group value "
+                                         r"per score instead, e.g. scores\.by\(images\.group\('site'\)\)"):
+        Scores([1.0, 2.0], "m").by("site")
+    from_tensor = Heatmaps(raw, image_size=(2, 2), method="test", images=torch.zeros(4, 3, 2, 2)).mass_in([(0, 0, 1, 1)] * 4)
+    with pytest.raises(ValueError, match=r"by\('site'\): .*computed from a Tensor, not an ImageSet"):
+        from_tensor.by("site")

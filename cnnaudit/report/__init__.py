@@ -48,6 +48,9 @@ def all_images(evidence: dict | None) -> Iterator[dict]:
     """Every image record of a test's evidence, in the order the report shows them."""
     if not evidence:
         return
+    for comparison in evidence.get("comparisons", []):
+        for change in comparison.get("changes", []):
+            yield from change["images"]
     for scores in evidence["scores"]:
         for label in ("lowest", "highest"):
             yield from scores["images"].get(label, [])
@@ -110,12 +113,37 @@ def histogram_figure(summary: dict, width: int = HISTOGRAM_WIDTH, height: int = 
     return {"width": width, "height": height, "bars": bars, "marks": marks, "band": band, "low": low, "high": high}
 
 
+def paired_histogram_figure(summary: dict, width: int = HISTOGRAM_WIDTH, height: int = HISTOGRAM_HEIGHT) -> dict | None:
+    """SVG geometry of a paired comparison's two sides in one histogram: per bin, side a's bar and side b's
+    (half a bin wide each, side by side), and both means."""
+    hist = summary.get("histogram")
+    if not hist:
+        return None
+    low, high = hist["low"], hist["high"]
+    peak = max(hist["a"] + hist["b"]) or 1
+    step = width / len(hist["a"])
+    bars = []
+    for side, offset in (("a", 0.0), ("b", step / 2)):
+        for i, count in enumerate(hist[side]):
+            bars.append({"x": round(i * step + offset, 2), "w": round(max(step / 2 - 0.5, 0.5), 2),
+                         "h": round(count / peak * (height - 4), 2), "count": count, "side": side})
+    marks = []
+    for side in ("a", "b"):
+        mean = summary[side]["mean"]
+        if mean is not None:
+            marks.append({"x": round((mean - low) / (high - low) * width, 2), "kind": f"mean-{side}", "label": f"mean {side} {mean:.4g}"})
+    return {"width": width, "height": height, "bars": bars, "marks": marks, "band": None, "low": low, "high": high}
+
+
 def document(results: Any, *, environment: dict, interrupted: bool, in_progress: bool, image_dir: str | None,
-             baseline: dict | None, started: float, finished: float) -> dict:
+             baseline: dict | None, started: float, finished: float, correction: str | None = None) -> dict:
     """The run as one JSON-able document (what ``--cnnaudit-json`` writes and the HTML shows).
 
     ``interrupted``: pytest did not end normally (Ctrl-C, ``pytest.exit``, an internal error); the
-    verdict is then ``fail`` or ``incomplete``, as it is while ``in_progress``."""
+    verdict is then ``fail`` or ``incomplete``, as it is while ``in_progress``. ``correction``: adjust
+    the comparisons' p-values across the run (:func:`cnnaudit.report.overview.correct`)."""
+    from cnnaudit.report.overview import correct
+
     entries = results.entries()
     return {
         "format": FORMAT,
@@ -130,6 +158,7 @@ def document(results: Any, *, environment: dict, interrupted: bool, in_progress:
         "models": results.models(),
         "seeds": results.seeds(),
         "baseline": baseline,
+        "correction": correct(entries, correction),
         "images_dir": image_dir,
         "started": started,
         "duration": finished - started,
@@ -149,6 +178,7 @@ def write_html(path: Path, doc: dict, budget: int = INLINE_BUDGET_BYTES) -> dict
     import jinja2
 
     from cnnaudit.records import EVIDENCE_SIDE, IMAGES_PER_TEST, OVERLAYS_PER_HEATMAPS
+    from cnnaudit.report import overview
 
     path = Path(path)
     images_dir = Path(doc["images_dir"]) if doc["images_dir"] else None
@@ -174,9 +204,15 @@ def write_html(path: Path, doc: dict, budget: int = INLINE_BUDGET_BYTES) -> dict
     env.filters["hash_id"] = test_anchor
     env.filters["search_text"] = search_text
     env.globals.update(
+        overview_rows=overview.rows,
+        change_class=change_class,
+        scores_change=lambda s: overview.change({"scores": [s], "comparisons": [], "gates": _gates_of(s, "scores")},
+                                                {"kind": "scores", "key": s["key"]}),
+        doc_correction=doc.get("correction"),
         thumb_src=thumb_src,
         full_src=lambda image: f"{prefix}/{image['file']}",
         histogram=histogram_figure,
+        paired_histogram=paired_histogram_figure,
         shown_size=shown_size,
     )
     template = env.get_template("report.html.j2")
@@ -210,6 +246,17 @@ def left_out(entries: list[dict]) -> dict[str, int]:
             1 for image in all_images(evidence) if image.get("source_width", image["width"]) > image["width"]
         )
     return counts
+
+
+def change_class(change: dict | None) -> str:
+    """CSS class of a change against the baseline: ``good`` or ``bad`` by the direction its gates want, else none."""
+    if not change or change.get("good") is None:
+        return ""
+    return "good" if change["good"] else "bad"
+
+
+def _gates_of(summary: dict, kind: str) -> list[dict]:
+    return [{**t, "key": summary["key"], "kind": kind} for t in summary["thresholds"]]
 
 
 def test_anchor(nodeid: str) -> str:
