@@ -25,12 +25,16 @@ Folder layout for :meth:`ImageSet.from_folder` — ``annotations.json`` next to 
     ]}
 
 (a bare list of image records is accepted too).
+
+Other formats, read by :mod:`cnnaudit.annotations` and checked at the door: COCO boxes, polygons and
+RLE masks (:meth:`ImageSet.from_coco`), Pascal VOC XML (:meth:`ImageSet.from_voc`) and per-image
+class-index mask PNGs (:meth:`ImageSet.from_masks`). For the same scene every format gives the same
+regions as ``annotations.json`` (``tests/test_annotations.py`` checks it).
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 import warnings
 from pathlib import Path
@@ -43,6 +47,9 @@ import torch.nn.functional as F
 if TYPE_CHECKING:
     import PIL.Image
 
+from cnnaudit.annotations import Loaded, read_coco, read_masks, read_voc
+from cnnaudit.annotations import inside as _inside
+from cnnaudit.annotations import read_json as _read_json
 from cnnaudit.groups import GroupColumn
 from cnnaudit.images import Key, as_batch, tensor_key
 from cnnaudit.regions import Regions, Size, _parse_entry, _positions, unknown_name
@@ -146,52 +153,86 @@ class ImageSet:
         size: Size | None = None,
         groups: Sequence[str] = (),
         *,
+        shapes: str = "boxes",
         allow_outside: bool = False,
     ) -> ImageSet:
         """Images of a COCO-style detection file; each category becomes a named region.
 
-        An image's region for a category is the union of its boxes of that category
-        (``bbox = [x, y, w, h]`` -> ``(x, y, x + w, y + h)``), ``None`` where the category is absent.
+        Reads ``{"images": [{"id", "file_name", "height"?, "width"?, ...}], "categories": [{"id",
+        "name"}], "annotations": [{"image_id", "category_id", "bbox", "segmentation"?}]}``. An image's
+        region for a category is the union of its annotations of that category, ``None`` where the
+        category is absent: with ``shapes="boxes"`` (default) their ``bbox = [x, y, w, h]`` ->
+        ``(x, y, x + w, y + h)``; with ``shapes="segmentation"`` their polygons or RLE masks
+        (uncompressed counts or COCO's compressed string; format and checks in
+        :func:`cnnaudit.annotations.read_coco`).
         Labels: an image whose annotations all have one category is labelled with that category's
-        name (so ``where(label="cat")`` works); an image with no annotation, or with boxes of
+        name (so ``where(label="cat")`` works); an image with no annotation, or with annotations of
         several categories, has the label ``None`` (select those by region instead:
         ``s.where(s.region("cat").defined)``). When the file has no annotations at all the set has
         no labels. ``groups`` names extra fields of the image records to expose as groups. Ids are
         the image ids. ``file_name`` is relative to ``image_dir``, by default the JSON file's folder;
         file names must stay inside it unless ``allow_outside=True`` (see :meth:`from_folder`).
+        Image ids, category ids and names must be unique, and every annotation's image and category
+        known; errors name the file and the record.
         """
-        coco = _read_json(Path(json_path))
-        images = coco.get("images") if isinstance(coco, dict) else None
-        if not isinstance(images, list) or not all(isinstance(i, dict) and "id" in i and isinstance(i.get("file_name"), str) for i in images):
-            raise ValueError(f"{json_path}: a COCO file needs \"images\": a list of records with \"id\" and \"file_name\"")
-        names = {c["id"]: c["name"] for c in coco.get("categories", []) if isinstance(c, dict) and "id" in c and "name" in c}
-        position = {image["id"]: i for i, image in enumerate(images)}
-        boxes: dict[str, list[list]] = {name: [[] for _ in images] for name in names.values()}
-        for k, annotation in enumerate(coco.get("annotations", [])):
-            bbox = annotation.get("bbox") if isinstance(annotation, dict) else None
-            if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
-                raise ValueError(f"{json_path}: annotation {k} needs \"bbox\": [x, y, width, height], got {bbox!r:.60}")
-            if annotation.get("image_id") not in position:
-                raise ValueError(f"{json_path}: annotation {k} refers to image id {annotation.get('image_id')!r}, which is not in 'images'")
-            x, y, w, h = bbox
-            name = names.get(annotation.get("category_id"), str(annotation.get("category_id")))
-            boxes.setdefault(name, [[] for _ in images])[position[annotation["image_id"]]].append([x, y, x + w, y + h])
-        root = Path(json_path).parent if image_dir is None else Path(image_dir)
-        categories: list[set[str]] = [set() for _ in images]
-        for name, per_image in boxes.items():
-            for i, image_boxes in enumerate(per_image):
-                if image_boxes:
-                    categories[i].add(name)
-        out = cls(
-            [_inside(root, json_path, image["file_name"], f"image id {image['id']!r}", allow_outside=allow_outside)
-             for image in images],
-            labels=[next(iter(c)) if len(c) == 1 else None for c in categories] if any(categories) else None,
-            regions={name: [b or None for b in per_image] for name, per_image in boxes.items()},
-            groups={g: [image.get(g) for image in images] for g in groups},
-            ids=[image["id"] for image in images],
-            size=size,
-        )
-        out._frames = [(int(image["height"]), int(image["width"])) if "height" in image else None for image in images]
+        return cls._from_loaded(read_coco(json_path, image_dir, groups, shapes, allow_outside=allow_outside), size)
+
+    @classmethod
+    def from_voc(
+        cls,
+        xml_dir: str | os.PathLike,
+        image_dir: str | os.PathLike | None = None,
+        size: Size | None = None,
+        groups: Sequence[str] = (),
+        *,
+        classes: Sequence[str] | None = None,
+        allow_outside: bool = False,
+    ) -> ImageSet:
+        """Images described by Pascal VOC XML files, one per image (``<annotation><filename>``,
+        optional ``<size>``, ``<object><name>`` with ``<bndbox>`` xmin/ymin/xmax/ymax).
+
+        Each object name becomes a region: the union of the image's boxes of that name, ``None``
+        where absent. VOC coordinates are 1-based inclusive pixel indices; they become cnnaudit's
+        0-based half-open boxes ``(xmin - 1, ymin - 1, xmax, ymax)``, so a VOC box covers exactly the
+        pixels it names. Ids: the XML file names without ``.xml``. Labels as in :meth:`from_coco`.
+        ``image_dir``: where ``<filename>`` lives, by default the sibling ``JPEGImages`` folder when
+        there is one (VOCdevkit), else ``xml_dir``; paths must stay inside it unless
+        ``allow_outside=True``. ``classes``: the allowed object names (an unknown one is an error).
+        ``groups``: element paths under ``<annotation>`` whose text becomes a group. Documents with
+        a DTD or entities are refused. Format and checks: :func:`cnnaudit.annotations.read_voc`.
+        """
+        loaded = read_voc(xml_dir, image_dir, groups, classes, allow_outside=allow_outside)
+        return cls._from_loaded(loaded, size)
+
+    @classmethod
+    def from_masks(
+        cls,
+        image_dir: str | os.PathLike,
+        mask_dir: str | os.PathLike,
+        classes: dict[int, str | None],
+        size: Size | None = None,
+        *,
+        mask_suffix: str = ".png",
+        allow_outside: bool = False,
+    ) -> ImageSet:
+        """Images with class-index segmentation masks: ``mask_dir/<stem><mask_suffix>`` (a
+        single-channel PNG: grey values or palette indices) for each image ``image_dir/<stem>.*``.
+
+        ``classes`` maps pixel values to region names (``{1: "tools", 2: "face"}``; several values
+        may share a name; ``None`` leaves a value's pixels out, e.g. ``{255: None}`` for VOC's
+        borders; 0 is background unless named). An image's region is the pixels of its values,
+        ``None`` when its mask has none, as in :meth:`from_coco`; labels as there too. Ids: the
+        stems. Every mask is read once here to check it (its image's size exactly, no value missing
+        from ``classes``, an image for every mask); regions read it again lazily, images are read
+        only when used. Format and checks: :func:`cnnaudit.annotations.read_masks`.
+        """
+        loaded = read_masks(image_dir, mask_dir, classes, mask_suffix=mask_suffix, allow_outside=allow_outside)
+        return cls._from_loaded(loaded, size)
+
+    @classmethod
+    def _from_loaded(cls, loaded: Loaded, size: Size | None) -> ImageSet:
+        out = cls(loaded.sources, labels=loaded.labels, regions=loaded.regions, groups=loaded.groups, ids=loaded.ids, size=size)
+        out._frames = list(loaded.frames)
         return out
 
     # ---- container ------------------------------------------------------------------------
@@ -267,6 +308,9 @@ class ImageSet:
         if isinstance(value, Regions):
             regions = value[:]
         elif self.size is None:
+            for i, source in enumerate(self._sources):  # a file's header is cheap; a loader is loaded only if needed
+                if self._frames[i] is None and isinstance(source, str):
+                    self._original_size(i)
             common = self.image_size if any(frame is None for frame in self._frames) else None
             regions = Regions(value, image_size=[frame or common for frame in self._frames])
         else:
@@ -329,7 +373,7 @@ class ImageSet:
             raise ValueError(
                 f"{where} is {actual[0]}x{actual[1]} (H x W) but its record declares size {list(declared)}; its "
                 "regions are in the declared frame and would be rescaled silently: fix or remove \"size\" in the "
-                "annotations"
+                "annotations (COCO: \"height\"/\"width\"; VOC: <size>)"
             )
         self._frames[i] = actual
         return image if self.size is None else _resize(image, self.size)
@@ -483,14 +527,6 @@ def _bool_mask(mask: Any, n: int) -> np.ndarray:
     return array
 
 
-def _read_json(path: Path) -> Any:
-    """The parsed JSON of ``path``; ``ValueError`` naming the file, line and column when it is not JSON."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}") from None
-
-
 def _resolve_masks(entry: Any, resolve: Callable[[str], str]) -> Any:
     """Replace ``{"mask": "relative.png"}`` paths by ``resolve(path)`` (anywhere inside a region entry)."""
     if isinstance(entry, dict) and isinstance(entry.get("mask"), str):
@@ -498,15 +534,3 @@ def _resolve_masks(entry: Any, resolve: Callable[[str], str]) -> Any:
     if isinstance(entry, list) and any(isinstance(e, dict) for e in entry):
         return [_resolve_masks(e, resolve) for e in entry]
     return entry
-
-
-def _inside(root: Path, source: str | os.PathLike, relative: str, what: str, *, allow_outside: bool) -> str:
-    """``root / relative`` as a string; ``ValueError`` naming ``source`` and ``what`` if it resolves
-    (``..``, an absolute path, a symbolic link) to a file outside ``root`` and ``allow_outside`` is off."""
-    path = root / relative
-    if not allow_outside and not path.resolve().is_relative_to(root.resolve()):
-        raise ValueError(
-            f"{source}: {what} points outside {root}: {relative!r} resolves to {path.resolve()}; keep the data "
-            "inside the folder, or pass allow_outside=True if you trust the annotations"
-        )
-    return str(path)

@@ -9,8 +9,9 @@ Shapes:
 * box ``(x0, y0, x1, y1)``, half-open — integer boxes are exactly the numpy slice
   ``[y0:y1, x0:x1]``;
 * polygon ``[(x, y), ...]`` (at least three vertices), rasterised with ``skimage.draw.polygon``;
-* mask — boolean ``(h, w)`` covering the whole frame at its own resolution (or a file whose
-  non-zero pixels are the region, read only when rasterised). Its shape must have the frame's
+* mask — boolean ``(h, w)`` covering the whole frame at its own resolution; or a file (its non-zero
+  pixels, or with ``Mask.value`` its pixels of one class value) or a zero-argument callable returning
+  the array (a COCO RLE), both read only when rasterised. Its shape must have the frame's
   aspect ratio (within a pixel: ``|h * W / H - w| <= 1``), so a lower-resolution segmentation is
   fine; a mask of another aspect (cropped, padded, transposed, of another image) is refused with
   ``ValueError`` unless ``Regions(..., stretch_masks=True)`` asks for it to be stretched.
@@ -33,16 +34,20 @@ vertex outside, which rasterisation clips).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from numbers import Real
-from typing import Any, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
 
 import numpy as np
 import torch
 from skimage.draw import polygon as draw_polygon
 
 from cnnaudit.layers import close_matches
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 Size = tuple[int, int]
 _EDGE = 1e-6  # pixels; see Polygon.rasterise
@@ -88,11 +93,19 @@ class Polygon:
 
 @dataclass(frozen=True, eq=False)
 class Mask:
-    """Boolean mask covering the whole frame; ``source`` is an array or an image file (non-zero = inside)."""
+    """Boolean mask covering the whole frame.
 
-    source: Union[np.ndarray, str]
+    ``source``: a boolean array; an image file (non-zero pixels are inside); or a zero-argument
+    callable returning a boolean ``(h, w)`` array (a lazily decoded mask such as a COCO RLE; its
+    ``str()`` names it in errors). Files and callables are read each time the mask is rasterised.
+    """
+
+    source: Union[np.ndarray, str, Callable[[], np.ndarray]]
     frame: Size | None = None
     """The image frame the mask must match in aspect ratio (``None``: stretch to any frame)."""
+    value: int | None = None
+    """For a file: the region is the pixels whose stored value equals ``value`` (a class-index mask,
+    read without colour conversion by :func:`class_pixels`) instead of the non-zero pixels."""
 
     def scaled(self, sy: float, sx: float) -> Mask:
         return self
@@ -100,12 +113,21 @@ class Mask:
     def array(self) -> np.ndarray:
         if isinstance(self.source, np.ndarray):
             return self.source
-        from PIL import Image
+        if callable(self.source):
+            mask, where = np.asarray(self.source(), dtype=bool), str(self.source)
+        else:
+            from PIL import Image
 
-        with Image.open(self.source) as image:
-            mask = np.asarray(image.convert("L")) > 0
+            with Image.open(self.source) as image:
+                if self.value is None:
+                    mask = np.asarray(image.convert("L")) > 0
+                else:
+                    mask = class_pixels(image, self.source) == self.value
+            where = f"mask file {self.source}"
+        if mask.ndim != 2:
+            raise ValueError(f"{where}: a mask is one (H, W) plane, got shape {mask.shape}")
         if self.frame is not None and not same_aspect(mask.shape, self.frame):
-            raise ValueError(f"mask file {self.source}: {_aspect_problem(mask.shape, self.frame)}")
+            raise ValueError(f"{where}: {_aspect_problem(mask.shape, self.frame)}")
         return mask
 
     def rasterise(self, frame: Size, size: Size) -> np.ndarray:
@@ -118,6 +140,22 @@ class Mask:
 
 
 Shape = Union[Box, Polygon, Mask]
+
+_CLASS_MODES = ("1", "L", "P", "I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def class_pixels(image: PIL.Image.Image, where: Any = "mask") -> np.ndarray:
+    """The stored pixel values of a single-channel class-index mask, as an integer ``(H, W)`` array.
+
+    Palette (``P``) images give their palette indices, not colours (Pascal VOC's SegmentationClass
+    PNGs); 8- and 16-bit grey give their values. Colour images are refused with ``ValueError``
+    naming ``where``: their classes would have to be guessed from colours."""
+    if image.mode not in _CLASS_MODES:
+        raise ValueError(
+            f"{where}: the mask has mode {image.mode}; a class mask has one channel holding a class value per "
+            "pixel (8- or 16-bit grey, or a palette image): convert its colours to class indices first"
+        )
+    return np.asarray(image).astype(np.int64)
 
 
 def _centres(n: int, extent: float) -> np.ndarray:
@@ -133,7 +171,8 @@ class Regions:
     """Named per-image regions (see the module docstring for shapes and the resolution rule).
 
     ``entries``: one entry per image — ``None``, a box ``(x0, y0, x1, y1)``, ``{"box": ...}``,
-    ``{"polygon": [[x, y], ...]}``, ``{"mask": array_or_path}``, a boolean ``(h, w)`` array, or a
+    ``{"polygon": [[x, y], ...]}``, ``{"mask": array_or_path_or_callable}``, a ``Box``, ``Polygon`` or
+    ``Mask``, a boolean ``(h, w)`` array, or a
     list of these (union) — or a boolean ``(N, H, W)`` array/tensor (one mask per image).
     ``image_size``: the frame ``(H, W)`` shared by all images, or one per image; it may be left out
     only when every entry is a mask array (the frame is then the mask's shape).
@@ -312,6 +351,8 @@ def _parse_dict(entry: dict) -> Shape:
         source = entry["mask"]
         if isinstance(source, (str, os.PathLike)):
             return Mask(os.fspath(source))
+        if callable(source):
+            return Mask(source)
         (shape,) = _parse(np.asarray(source))
         return shape
     raise ValueError(f"a region dict has exactly one key: 'box', 'polygon' or 'mask'; got {sorted(entry)}")
@@ -344,12 +385,12 @@ def _aspect_problem(shape: Sequence[int], frame: Size) -> str:
 
 
 def _checked_mask(mask: Mask, frame: Size, where: str) -> Mask:
-    """``mask`` bound to ``frame``: an array is checked now, a file when it is read."""
+    """``mask`` bound to ``frame``: an array is checked now, a file or a callable when it is read."""
     if isinstance(mask.source, np.ndarray):
         if not same_aspect(mask.source.shape, frame):
             raise ValueError(f"{where}: {_aspect_problem(mask.source.shape, frame)}")
         return mask
-    return Mask(mask.source, frame)
+    return dataclasses.replace(mask, frame=frame)
 
 
 def _frames(parsed: list, image_size: Any, name: str) -> list[Size]:

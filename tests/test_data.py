@@ -352,3 +352,14 @@ def test_from_coco_labels_single_category_images_and_reads_images_next_to_the_js
     assert ImageSet.from_coco(folder / "coco.json", folder).labels.tolist() == ["cat", None, None, "dog"]
     (folder / "bare.json").write_text(json.dumps({"images": coco["images"], "annotations": []}))
     assert ImageSet.from_coco(folder / "bare.json").labels is None
+
+
+def test_regions_of_images_of_different_sizes_are_in_each_images_own_frame(tmp_path):
+    """Without declared sizes each image's frame comes from its file header, not from the first image."""
+    _write_png(tmp_path / "a.png", 8, 8, 10)
+    _write_png(tmp_path / "b.png", 4, 6, 20)
+    records = [{"file": "a.png", "regions": {"r": [0, 0, 2, 2]}}, {"file": "b.png", "regions": {"r": [4, 2, 6, 4]}}]
+    (tmp_path / "annotations.json").write_text(json.dumps(records))
+    region = ImageSet.from_folder(tmp_path).region("r")
+    assert region.frames == [(8, 8), (4, 6)] and region.clipped == 0
+    assert region.mask(1).shape == (4, 6) and region.mask(1)[2:, 4:].all() and region.mask(1).sum() == 4

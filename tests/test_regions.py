@@ -186,3 +186,32 @@ def test_mask_box():
     mask[1:4, 2] = mask[3, 4] = True
     assert mask_box(mask) == (2, 1, 5, 4)
     assert mask_box(np.zeros((2, 2), bool)) is None
+
+
+def test_class_value_masks_read_stored_values_and_callables_are_read_when_rasterised(tmp_path):
+    from cnnaudit.regions import Mask, class_pixels
+
+    indices = np.array([[0, 1, 1], [2, 2, 0]], np.uint8)
+    palette = Image.fromarray(indices, mode="P")
+    palette.putpalette([0, 0, 0, 200, 200, 200, 90, 90, 90] + [0, 0, 0] * 253)  # grey levels that are not the indices
+    palette.save(tmp_path / "p.png")
+    regions = Regions([Mask(str(tmp_path / "p.png"), value=2), Mask(str(tmp_path / "p.png"))], image_size=(2, 3))
+    np.testing.assert_array_equal(regions.mask(0), indices == 2)  # the palette index, not the colour
+    np.testing.assert_array_equal(regions.mask(1), indices > 0)  # without a value: non-zero grey, as before
+    assert regions.rescaled((4, 6)).mask(0).sum() == 8  # the value survives rescaling
+    with Image.open(tmp_path / "p.png") as image:
+        assert class_pixels(image).tolist() == indices.tolist()
+    with pytest.raises(ValueError, match=r"rgb\.png: the mask has mode RGB; a class mask has one channel"):
+        class_pixels(Image.new("RGB", (2, 2)), "rgb.png")
+    calls = []
+
+    def decode():
+        calls.append(1)
+        return indices == 1
+
+    lazy = Regions([{"mask": decode}], image_size=(2, 3))
+    assert calls == []
+    np.testing.assert_array_equal(lazy.mask(0), indices == 1)
+    assert calls == [1]
+    with pytest.raises(ValueError, match=r"decode.*: the mask is 2x3 \(HxW\) but its image is 6x3"):
+        Regions([{"mask": decode}], image_size=(6, 3)).mask(0)
