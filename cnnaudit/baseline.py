@@ -223,8 +223,6 @@ def save(path: Path, results: Iterable[tuple[str, str, dict | None]]) -> tuple[i
     the stored Scores it did not reach; a passed test's entry is replaced whole. ``kept`` counts the
     Scores in the file that this run did not write.
     """
-    from cnnaudit.report import atomic_open
-
     path = Path(path)
     tests = read(path) if path.is_file() else {}
     stored = 0
@@ -238,9 +236,16 @@ def save(path: Path, results: Iterable[tuple[str, str, dict | None]]) -> tuple[i
             "scores": {**unreached, **{s["key"]: _stored(s) for s in scores}},
         }
         stored += len(scores)
+    write(path, tests)
+    return stored, sum(len(entry.get("scores", {})) for entry in tests.values()) - stored
+
+
+def write(path: Path, tests: dict[str, dict]) -> None:
+    """Write ``tests`` (as :func:`read` returns them) to ``path`` atomically, as the current version."""
+    from cnnaudit.report import atomic_open
+
     with atomic_open(path) as handle:
         handle.write(_dumps({"format": FORMAT, "version": VERSION, "tests": _with_id_tables(tests)}))
-    return stored, sum(len(entry.get("scores", {})) for entry in tests.values()) - stored
 
 
 def _with_id_tables(tests: dict[str, dict]) -> dict[str, dict]:

@@ -363,7 +363,9 @@ def sanity_check(
     are re-initialised one after another from the top (output side, reverse registration order;
     or ``layers`` in the order given), cumulatively; after each, the maps are recomputed for the
     same class targets. A named block (e.g. ``layer3``) re-initialises every parameterised module
-    inside it at once. Value per layer: the mean over images of the Spearman rank correlation
+    inside it at once. ``source``: the original ``heatmaps``, the ``correlations`` per (layer, image)
+    and ``randomised``, the first image's signed map after each step (``(layers, h, w)``, CPU; the report
+    draws them). Value per layer: the mean over images of the Spearman rank correlation
     ``rho(raw_original, raw_randomised)`` of the signed layer-resolution maps (NaN for a constant
     map). Re-initialisation: ``reset_parameters()`` under ``torch.manual_seed(seed + k)``, else each
     parameter redrawn from ``N(0, std(parameter)^2)``.
@@ -383,16 +385,21 @@ def sanity_check(
     modules = [twin.module(name) for name in order]
     before = original.raw.detach().flatten(1).cpu().numpy()
     correlations = np.full((len(order), len(original)), np.nan)
+    randomised = []  # the first image's map after each step, for the report (already on the host)
     for k, (layer_name, module) in enumerate(zip(order, modules)):
         _reinitialise(module, seed + k, layer_name)
         with evidence.paused():  # the randomised twin's maps are not evidence about the audited model
-            after = explain(twin, images, targets).raw.detach().flatten(1).cpu().numpy()
+            maps = explain(twin, images, targets).raw.detach()
+        after = maps.flatten(1).cpu().numpy()
         correlations[k] = [_spearman(a, b) for a, b in zip(before, after)]
+        if len(after):
+            randomised.append(torch.from_numpy(after[0].reshape(maps.shape[1:]).copy()))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # mean of an all-NaN row is NaN, on purpose
         values = np.nanmean(correlations, axis=1) if len(original) else np.full(len(order), np.nan)
     name = method if isinstance(method, str) else getattr(method, "__name__", "explainer")
-    return Scores(values, f"sanity_check({name})", ids=order, unit="layer", source={"heatmaps": original, "correlations": correlations})
+    source = {"heatmaps": original, "correlations": correlations, "randomised": torch.stack(randomised) if randomised else None}
+    return Scores(values, f"sanity_check({name})", ids=order, unit="layer", source=source)
 
 
 def _explainer(method: str | Explainer, layer: str | None) -> Explainer:

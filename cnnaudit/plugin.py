@@ -1,7 +1,8 @@
 """The cnnaudit pytest plugin: options, fixtures and hooks. The work is done in ``cnnaudit.session``.
 
 Registered through the ``pytest11`` entry point. Importing it imports neither torch nor numpy. The
-module itself holds the options, the fixtures and the header; the per-test hooks live on
+module itself holds the options, the fixtures, the header and the terminal line that
+:mod:`cnnaudit.progress` draws on (``--cnnaudit-progress``); the per-test hooks live on
 :class:`_Recording`, registered only when the run records something, and the outputs on
 :class:`_Collector`, registered on the controller of such a run. A run that records nothing costs
 what plain pytest costs.
@@ -18,6 +19,7 @@ from typing import Any, Iterator
 import pytest
 
 from cnnaudit import evidence as _evidence
+from cnnaudit import progress as _progress
 from cnnaudit.session import AuditSession, RunOptions, pick, settings_from
 
 _OPTIONS = {
@@ -34,6 +36,7 @@ _OPTIONS = {
 _NOT_RUNNING = ("collectonly", "setuponly", "setupplan", "showfixtures", "show_fixtures_per_test", "markers", "help", "version")
 """Options with which pytest runs no test: nothing is recorded and no report is (over)written."""
 _SESSION = pytest.StashKey[AuditSession]()
+_PREVIOUS_LINE = pytest.StashKey[_progress.Line]()
 _RECORDER = pytest.StashKey[Any]()
 
 
@@ -43,11 +46,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         group.addoption(f"--cnnaudit-{name.replace('_', '-')}", dest=f"cnnaudit_{name}", metavar=metavar, default=None,
                         help=f"{text}; ini: cnnaudit_{name}")
         parser.addini(f"cnnaudit_{name}", help=text, default="")
+    progress = (f"show the progress of long work (maximising many units, training) on one updating line: auto "
+                f"(on a terminal, not under -q or in CI), on or off; wins over ${_progress.ENV} (default: auto)")
+    group.addoption("--cnnaudit-progress", dest="cnnaudit_progress", metavar="auto|on|off", default=None,
+                    help=f"{progress}; ini: cnnaudit_progress")
+    parser.addini("cnnaudit_progress", help=progress, default="")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     workerinput = getattr(config, "workerinput", None)
     try:
+        line = _progress_line(config, on_worker=workerinput is not None)
         if workerinput is not None and "cnnaudit" in workerinput:
             settings = RunOptions.from_plain(workerinput["cnnaudit"])
         else:
@@ -66,10 +75,55 @@ def pytest_configure(config: pytest.Config) -> None:
     except ValueError as error:
         raise pytest.UsageError(f"cnnaudit: {error}") from None
     config.stash[_SESSION] = session
+    config.stash[_PREVIOUS_LINE] = _progress.install(line)
     if settings.recording:
         config.pluginmanager.register(_Recording(session), "cnnaudit-recording")
         if session.controller:
             config.pluginmanager.register(_Collector(session), "cnnaudit-collector")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    previous = config.stash.get(_PREVIOUS_LINE, None)
+    if previous is not None:
+        _progress.install(previous)
+
+
+def _progress_line(config: pytest.Config, *, on_worker: bool) -> _progress.Line:
+    """The terminal line :mod:`cnnaudit.progress` draws on during this run: the terminal reporter's,
+    written with capture suspended (so it reaches the terminal, not the test's captured output).
+    ``--cnnaudit-progress`` wins over ``$CNNAUDIT_PROGRESS``, which wins over the ini key. Silent on
+    xdist workers (their output never reaches the terminal) and without pytest's terminal reporter."""
+    sources = ((config.getoption("cnnaudit_progress"), "--cnnaudit-progress={}"),
+               (os.environ.get(_progress.ENV), f"{_progress.ENV}={{}}"),
+               (config.getini("cnnaudit_progress"), "cnnaudit_progress = {}"))
+    mode = "auto"
+    for value, where in sources:
+        if value is not None and value.strip():
+            mode = _progress.parse_mode(value) or ""
+            if not mode:
+                raise ValueError(f"{where.format(value)} is not a progress setting; use auto, on or off")
+            break
+    if on_worker:
+        return _progress.Line(lambda text: None, isatty=lambda: False, mode="off")
+    plugins = config.pluginmanager  # looked up at use: the terminal reporter is configured after this plugin
+
+    def terminal() -> Any:
+        return plugins.get_plugin("terminalreporter")
+
+    def write(text: str) -> None:
+        if terminal() is not None:
+            capture = plugins.get_plugin("capturemanager")
+            with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+                config.get_terminal_writer().write_raw(text, flush=True)  # raw: pytest's current line stays its own
+
+    def width() -> int:
+        return config.get_terminal_writer().fullwidth if terminal() is not None else 0
+
+    def column() -> int:
+        return config.get_terminal_writer().width_of_current_line if terminal() is not None else 0
+
+    return _progress.Line(write, isatty=lambda: bool(getattr(terminal(), "isatty", False)), width=width, column=column,
+                          mode=mode, quiet=config.get_verbosity() < 0)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -82,9 +136,15 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return config.stash[_SESSION].header()
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Each test's index in the whole collection, before ``-k``, ``--deselect`` or pytest-split drop any:
+    the report's order, the same in every shard of a split suite (``cnnaudit merge`` relies on it)."""
+    config.stash[_SESSION].order = {item.nodeid: i for i, item in enumerate(items)}
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     audit = session.config.stash[_SESSION]
-    audit.order = {item.nodeid: i for i, item in enumerate(session.items)}
     if audit.controller and not _runs_on_workers(session.config):
         audit.results.collected = len(session.items)
 

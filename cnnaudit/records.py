@@ -14,7 +14,9 @@ asked for. The summaries themselves (statistics, thresholds, histograms, JUnit p
 
 Bounded per object and per test: the first :data:`OVERLAYS_PER_HEATMAPS` overlays of a
 ``Heatmaps``; the :data:`EXTREMES_PER_SCORES` lowest and highest images of a ``Scores`` with a
-heatmap source; one grid of at most :data:`CHANNELS_PER_GRID` channels per ``Visualizations``; at
+heatmap source (a sanity check's: its first image's cascade, at most :data:`CASCADE_STEPS` randomised
+overlays, and its per-layer values as a ``curve``); one grid of at most :data:`CHANNELS_PER_GRID` channels per
+``Visualizations``, each tile numbered and dead units (:data:`DEAD_EPS`) marked; at
 most :data:`IMAGES_PER_TEST` images per test (the rest are counted in ``dropped_images``). Images
 are stored at most :data:`EVIDENCE_SIDE` px on their longer side (overlays are drawn at that size,
 not drawn at full size and shrunk); each record keeps the ``source_width`` / ``source_height`` it
@@ -35,6 +37,7 @@ from cnnaudit.summaries import (
     gate,
     histogram,
     markers,
+    number,
     paired_histogram,
     per_image,
     summarize,
@@ -51,6 +54,12 @@ THUMBNAIL_SIDE = 128
 EVIDENCE_SIDE = 1024
 """Longest side of a stored evidence image: what the report's lightbox shows on a screen."""
 GRID_THUMBNAIL_SIDE = 320
+DEAD_EPS = 1e-6
+"""A unit whose optimised image drives it no higher than this is marked dead in its grid (``Visualizations.dead()``'s
+default ``eps``, applied to the activation the optimisation achieved: the grid is drawn when the units are, before
+any reachability search)."""
+CASCADE_STEPS = 12
+"""Randomised overlays shown for a sanity check's cascade (evenly spaced steps, the last included)."""
 
 
 class EvidenceRecorder:
@@ -239,11 +248,13 @@ class EvidenceRecorder:
                 continue
             shots = [
                 self._save(lambda h=h, i=i: _overlay(h, i), title=image_id, source_size=h.image_size,
-                           caption=f"{label} = {value:.3g}{_model_hint(h)}")
-                for h, i, label, value in zip(sources, index, labels, (diff.a[j], diff.b[j]), strict=True)
+                           caption=" · ".join(filter(None, [f"{label} = {value:.3g}{_model_hint(h)}", _image_facts(h, i)])),
+                           short=" · ".join(filter(None, [f"{side} {value:.3g}", _image_facts(h, i)])))
+                for h, i, label, value, side in zip(sources, index, labels, (diff.a[j], diff.b[j]), "ab", strict=True)
             ]
             shots.append(self._save(lambda: _map_difference(sources, index), title=image_id,
-                                    caption=f"a − b = {change[j]:+.3g} (red: a higher)", source_size=sources[0].image_size))
+                                    caption=f"a − b = {change[j]:+.3g} (red: a higher)", short=f"a − b = {change[j]:+.3g}",
+                                    source_size=sources[0].image_size))
             if None not in shots:
                 out.append({"id": image_id, "change": float(change[j]), "images": shots})
         return out
@@ -257,6 +268,8 @@ class EvidenceRecorder:
         summary["delta_mean"] = delta(summary["mean"], (summary["baseline"] or {}).get("mean"))
         summary["thresholds"] = thresholds
         summary["histogram"] = histogram(obj.values, markers(summary))
+        if summary["unit"] == "layer" and obj.ids is not None:  # a sanity check's cascade: values in layer order
+            summary["curve"] = [{"id": str(i), "value": number(v)} for i, v in zip(obj.ids, obj.values, strict=True)]
         if self.per_image:
             summary.update(per_image(obj))
         return summary
@@ -273,10 +286,12 @@ class EvidenceRecorder:
         }
         if heatmaps.images is not None:
             for i in range(min(len(heatmaps), OVERLAYS_PER_HEATMAPS)):
+                facts = _image_facts(heatmaps, i)
                 saved = self._save(
                     lambda i=i: self._overlay(heatmaps, i),
                     title=str(heatmaps.ids[i]),
-                    caption=f"{heatmaps.method}, target {_target_name(heatmaps, i)}",
+                    caption=" · ".join(filter(None, [str(heatmaps.method), facts])),
+                    short=facts or None,  # the card names the method
                     source_size=heatmaps.image_size,
                 )
                 if saved is not None:
@@ -286,7 +301,11 @@ class EvidenceRecorder:
     def _observe_scores(self, scores: Any) -> None:
         key = _unique(str(scores.name), {k for k, _, _ in self._scores})
         self._keys[id(scores)] = key
-        self._scores.append((key, scores, self._extremes(scores)))
+        images = self._extremes(scores)
+        cascade = self._cascade(scores)
+        if cascade:
+            images["cascade"] = cascade
+        self._scores.append((key, scores, images))
 
     def _observe_difference(self, diff: Any) -> None:
         """Keep ``diff`` for :meth:`finish`, keyed ``"<a> − <b>"`` by its sides' keys in this test (else their names)."""
@@ -313,14 +332,23 @@ class EvidenceRecorder:
         shown = channels[:CHANNELS_PER_GRID]
         layer = getattr(vis, "layer", None)
         title = f"{layer}" if layer is not None else "activation maximisation"
+        achieved = getattr(vis, "achieved", None)  # not vis.activation: that would make (and record) a Scores
+        dead = [] if achieved is None else [c for c, value in zip(channels, np.asarray(achieved, dtype=np.float64), strict=True)
+                                            if not value > DEAD_EPS]
         caption = f"channels {_ranges(shown)}"
         if len(shown) < len(channels):
             caption += f" (first {len(shown)} of {len(channels)})"
+        if dead:
+            caption += f" · dead (activation ≤ {DEAD_EPS:g}, red X): {_ranges(dead)}"
+        dead_set = set(dead)
+        marked = [c in dead_set for c in shown]
         saved = self._save(
-            lambda: grid(vis.images[: len(shown)]), title=title, caption=caption, thumbnail_side=GRID_THUMBNAIL_SIDE
+            lambda: grid(vis.images[: len(shown)], labels=[str(c) for c in shown], marked=marked),
+            title=title, caption=caption, thumbnail_side=GRID_THUMBNAIL_SIDE,
         )
         self._visualizations.append(
-            {"layer": None if layer is None else str(layer), "channels": channels, "images": [saved] if saved else []}
+            {"layer": None if layer is None else str(layer), "channels": channels,
+             "dead": None if achieved is None else dead, "dead_eps": DEAD_EPS, "images": [saved] if saved else []}
         )
 
     # ---- helpers --------------------------------------------------------------------------------
@@ -341,8 +369,8 @@ class EvidenceRecorder:
         if heatmaps is None:
             return {}
         self._note_subject(getattr(heatmaps, "subject", None))
-        if heatmaps.images is None or self.image_dir is None:
-            return {}
+        if heatmaps.images is None or self.image_dir is None or getattr(scores, "unit", "image") != "image":
+            return {}  # a value per layer or unit is not a value of one image
         values = np.asarray(scores.values, dtype=np.float64)
         ordered = [int(j) for j in np.argsort(values, kind="stable") if np.isfinite(values[j])]
         low_count = min(EXTREMES_PER_SCORES, (len(ordered) + 1) // 2)
@@ -358,15 +386,42 @@ class EvidenceRecorder:
                 i = locate(j)
                 if i is None:
                     continue
+                facts = _image_facts(heatmaps, i)
                 saved = self._save(
                     lambda i=i: _outlined(self._overlay(heatmaps, i), regions, i),
                     title=str(heatmaps.ids[i]),
-                    caption=f"{scores.name} = {values[j]:.3g}",
+                    caption=" · ".join(filter(None, [f"{scores.name} = {values[j]:.3g}", facts])),
+                    short=" · ".join(filter(None, [f"{values[j]:.3g}", facts])),  # the card names the Scores
                     source_size=heatmaps.image_size,
                 )
                 if saved is not None:
                     out[label].append(saved)
         return out
+
+    def _cascade(self, scores: Any) -> list[dict]:
+        """A sanity check's cascade for its first image: the original overlay, then the overlay of the map after
+        each randomisation step (at most :data:`CASCADE_STEPS`, evenly spaced), from the maps ``sanity_check``
+        kept in ``source["randomised"]`` (nothing is recomputed)."""
+        source = getattr(scores, "source", None) or {}
+        heatmaps, randomised = source.get("heatmaps"), source.get("randomised")
+        if heatmaps is None or randomised is None or heatmaps.images is None or self.image_dir is None or not len(heatmaps):
+            return []
+        steps = len(randomised)
+        picked = sorted({round(k * (steps - 1) / (CASCADE_STEPS - 1)) for k in range(CASCADE_STEPS)}) if steps > CASCADE_STEPS \
+            else list(range(steps))
+        correlations = source.get("correlations")
+        layers = list(scores.ids) if scores.ids is not None else [str(k + 1) for k in range(steps)]
+        title = str(heatmaps.ids[0])
+        shots = [self._save(lambda: self._overlay(heatmaps, 0), title=title, source_size=heatmaps.image_size,
+                            caption=" · ".join(filter(None, ["original", _image_facts(heatmaps, 0)])), short="original")]
+        for k in picked:
+            rho = None if correlations is None else float(np.asarray(correlations)[k, 0])
+            said = "" if rho is None or not np.isfinite(rho) else f"ρ = {rho:.2f}"
+            caption = f"step {k + 1}: {layers[k]} randomised" + (f", {said} with the original map" if said else "")
+            shots.append(self._save(lambda k=k: _overlay(heatmaps, 0, raw=randomised[k]), title=title, caption=caption,
+                                    short=" · ".join(filter(None, [said, f"{k + 1}. {layers[k]}"])),
+                                    source_size=heatmaps.image_size))
+        return [shot for shot in shots if shot is not None]
 
     def _note_subject(self, subject: object) -> None:
         if subject is None or id(subject) in self._subjects:
@@ -379,10 +434,11 @@ class EvidenceRecorder:
         if described is not None:
             self._models.setdefault(str(described.get("sha256")), described)
 
-    def _save(self, render: Callable[[], np.ndarray], *, title: str, caption: str,
+    def _save(self, render: Callable[[], np.ndarray], *, title: str, caption: str, short: str | None = None,
               thumbnail_side: int = THUMBNAIL_SIDE, source_size: tuple[int, int] | None = None) -> dict | None:
         """Render the image (at most :data:`EVIDENCE_SIDE` px) and write it and its thumbnail as JPEGs;
         return the record. ``source_size``: the ``(H, W)`` the image stands for, if ``render`` drew it smaller.
+        ``short``: what the thumbnail's one caption line says first, when not ``caption`` (which the lightbox shows).
 
         Nothing is rendered without an image folder or past the per-test limit (``None``).
         """
@@ -410,6 +466,7 @@ class EvidenceRecorder:
             "id": stem,
             "title": title,
             "caption": caption,
+            **({"short": short} if short is not None else {}),
             "file": full,
             "thumb": thumb,
             "width": int(image.shape[1]),
@@ -438,16 +495,17 @@ def evidence_size(size: tuple[int, int]) -> tuple[int, int]:
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
-def _overlay(heatmaps: Any, i: int) -> np.ndarray:
+def _overlay(heatmaps: Any, i: int, raw: Any = None) -> np.ndarray:
     """Overlay of map ``i`` alone, drawn at :func:`evidence_size`: ``bilinear(relu(raw_i))`` at that size
     over max (as ``Heatmaps.maps`` at input size, which it equals for images no larger) without computing
-    all maps or a full-size one."""
+    all maps or a full-size one. ``raw``: another ``(h, w)`` map drawn over image ``i`` instead (a randomised one)."""
     import torch.nn.functional as F
 
     from cnnaudit.render import overlay
 
     size = evidence_size(heatmaps.image_size)
-    mass = F.interpolate(heatmaps.raw[i : i + 1, None].clamp(min=0), size=size, mode="bilinear", align_corners=False)
+    signed = heatmaps.raw[i] if raw is None else raw
+    mass = F.interpolate(signed[None, None].float().clamp(min=0), size=size, mode="bilinear", align_corners=False)
     mass = mass[0, 0].cpu().numpy()
     peak = mass.max()
     return overlay(heatmaps.image(i, size), mass / peak if peak > 0 else mass)
@@ -500,12 +558,26 @@ def _heatmap_index(scores: Any, heatmaps: Any) -> Callable[[int], int | None]:
     return lambda j: None
 
 
-def _target_name(heatmaps: Any, i: int) -> str:
+def _image_facts(heatmaps: Any, i: int) -> str:
+    """What a caption says about image ``i`` of ``heatmaps``, where known: ``"label doctor · target nurse ·
+    gender=female · pairing=counter"``.
+
+    The label and the groups come from the ImageSet the maps were computed on; the target is the class the map
+    explains (``Heatmaps.targets``: the predicted class when the audit gave no target; the heatmaps do not say
+    whether it did, so it is called the target). A callable target (``-1``) is not named."""
+    images = getattr(heatmaps, "images", None)
+    facts = []
+    labels = getattr(images, "labels", None)
+    if labels is not None and i < len(labels) and labels[i] is not None:  # a COCO image of several categories: None
+        facts.append(f"label {labels[i]}")
     target = int(heatmaps.targets[i])
-    classes = getattr(getattr(heatmaps, "subject", None), "classes", None)
-    if target >= 0 and classes and target < len(classes):
-        return f"{classes[target]} ({target})"
-    return "custom" if target < 0 else str(target)
+    if target >= 0:
+        classes = getattr(getattr(heatmaps, "subject", None), "classes", None)
+        facts.append(f"target {classes[target] if classes and target < len(classes) else target}")
+    groups = getattr(images, "_groups", None)  # ImageSet's group columns (its public face is group(name))
+    if isinstance(groups, dict):
+        facts += [f"{name}={column[i]}" for name, column in groups.items() if i < len(column)]
+    return " · ".join(facts)
 
 
 def _write_jpeg(image: np.ndarray, path: Path, quality: int) -> int:

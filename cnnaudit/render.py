@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import Sequence
 
 import numpy as np
 from matplotlib import colormaps
@@ -92,10 +93,15 @@ def outline(image: np.ndarray, mask: np.ndarray, width: int = 1) -> np.ndarray:
     return drawn
 
 
-def grid(images: object, columns: int | None = None, pad: int = 2, background: int = 255) -> np.ndarray:
+def grid(images: object, columns: int | None = None, pad: int = 2, background: int = 255, *,
+         labels: Sequence[str] | None = None, marked: Sequence[bool] | None = None) -> np.ndarray:
     """Tile ``N`` same-sized images (``(N,3,S,S)`` float in ``[0,1]`` or ``(N,H,W,3)`` uint8) into one uint8 image.
 
     ``columns`` defaults to ``ceil(sqrt(N))``; tiles are separated by ``pad`` px of ``background``.
+    ``labels``: a short text per tile (a channel number), drawn white on black in its top-left corner
+    with PIL's default font; ``marked``: per tile, whether to mark it (a red frame and a red X: a dead
+    unit). With either, tiles smaller than :data:`LABELLED_TILE` px are first enlarged by an integer
+    factor (nearest neighbour) so that the text fits.
     """
     tiles = [to_rgb8(tile) for tile in images]  # type: ignore[attr-defined]
     if not tiles:
@@ -103,6 +109,18 @@ def grid(images: object, columns: int | None = None, pad: int = 2, background: i
     height, width = tiles[0].shape[:2]
     if any(tile.shape[:2] != (height, width) for tile in tiles):
         raise ValueError("grid() needs images of one size")
+    for what, given in (("labels", labels), ("marked", marked)):
+        if given is not None and len(given) != len(tiles):
+            raise ValueError(f"grid() got {len(given)} {what} for {len(tiles)} images")
+    if labels is not None or marked is not None:
+        factor = -(-LABELLED_TILE // min(height, width))
+        if factor > 1:
+            tiles = [tile.repeat(factor, axis=0).repeat(factor, axis=1) for tile in tiles]
+            height, width = height * factor, width * factor
+        tiles = [
+            _annotated(tile, None if labels is None else str(labels[k]), bool(marked is not None and marked[k]))
+            for k, tile in enumerate(tiles)
+        ]
     columns = columns or int(np.ceil(np.sqrt(len(tiles))))
     rows = int(np.ceil(len(tiles) / columns))
     canvas = np.full((rows * (height + pad) + pad, columns * (width + pad) + pad, 3), background, dtype=np.uint8)
@@ -111,6 +129,44 @@ def grid(images: object, columns: int | None = None, pad: int = 2, background: i
         left = pad + (index % columns) * (width + pad)
         canvas[top : top + height, left : left + width] = tile
     return canvas
+
+
+LABELLED_TILE = 64
+"""Smallest side (px) of a grid tile that carries a label or a mark."""
+MARK_COLOUR = (220, 20, 20)
+
+
+def _annotated(tile: np.ndarray, label: str | None, marked: bool) -> np.ndarray:
+    """``tile`` with ``label`` in its top-left corner (white on black) and, if ``marked``, a red frame and X."""
+    from PIL import Image, ImageDraw
+
+    height, width = tile.shape[:2]
+    side = min(height, width)
+    picture = Image.fromarray(tile)
+    draw = ImageDraw.Draw(picture)
+    if marked:
+        line = max(2, side // 32)
+        draw.rectangle((0, 0, width - 1, height - 1), outline=MARK_COLOUR, width=line)
+        draw.line((0, 0, width - 1, height - 1), fill=MARK_COLOUR, width=line)
+        draw.line((0, height - 1, width - 1, 0), fill=MARK_COLOUR, width=line)
+    if label:
+        font = _font(max(10, round(side * 0.18)))
+        left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+        margin = max(1, side // 40)
+        draw.rectangle((0, 0, right - left + 2 * margin, bottom - top + 2 * margin), fill=(0, 0, 0))
+        draw.text((margin - left, margin - top), label, fill=(255, 255, 255), font=font)
+    return np.asarray(picture)
+
+
+@functools.lru_cache(maxsize=8)
+def _font(size: int) -> object:
+    """PIL's default font at ``size`` px (its bitmap font, of fixed size, where Pillow has no FreeType)."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):  # an old Pillow, or one built without FreeType
+        return ImageFont.load_default()
 
 
 def thumbnail(image: np.ndarray, max_side: int) -> np.ndarray:

@@ -120,6 +120,8 @@ class AuditSession:
         self._last_write = float("-inf")
         self._write_cost = 0.0
         self._folder: ReportFolder | None = None
+        self.split: dict | None = None
+        """``{"group", "splits"}`` when pytest-split runs one group of the suite (recorded for ``cnnaudit merge``)."""
 
     def claim_image_folder(self) -> None:
         """Controller: lock the report's image folder and make this run's own folder in it
@@ -248,6 +250,7 @@ class AuditSession:
             started=self.started,
             finished=time.time(),
             correction=s.correction,
+            split=self.split,
         )
         if s.json:
             report.write_json(s.json, doc)

@@ -811,3 +811,146 @@ def test_an_unknown_correction_is_a_usage_error(pytester: pytest.Pytester) -> No
     result = run(pytester, "--cnnaudit-correction=bonferroni")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--cnnaudit-correction=bonferroni is not a correction; use holm, bh or none*"])
+
+
+# ---- shards merged into one report ------------------------------------------------------------------
+def test_a_suite_split_in_two_and_merged_gives_the_serial_runs_report(pytester: pytest.Pytester) -> None:
+    from cnnaudit.__main__ import main
+
+    pytester.makepyfile(test_audit=AUDIT)
+    options = ("-p", "no:cacheprovider")
+    pytester.runpytest_subprocess(*options, "--cnnaudit-json=serial/r.json",
+                                  "--cnnaudit-save-baseline=serial/base.json").assert_outcomes(passed=2, failed=1)
+    first = "test_fails or test_uses_a_fixture"
+    pytester.runpytest_subprocess(*options, "-k", first, "--cnnaudit-json=a/r.json",
+                                  "--cnnaudit-save-baseline=a/base.json").assert_outcomes(passed=1, failed=1)
+    pytester.runpytest_subprocess(*options, "-k", f"not ({first})", "--cnnaudit-json=b/r.json",
+                                  "--cnnaudit-save-baseline=b/base.json").assert_outcomes(passed=1)
+    path = pytester.path
+    assert main(["merge", str(path / "a/r.json"), str(path / "b/r.json"), "--json", str(path / "m/r.json"),
+                 "--report", str(path / "m/r.html"), "--shards", "2"]) == 1  # the merged verdict: fail
+    serial, merged = load(path / "serial/r.json"), load(path / "m/r.json")
+    assert merged["merge_problems"] == [] and [s["verdict"] for s in merged["shards"]] == ["fail", "pass"]
+    serial_images, merged_images = path / "serial" / serial["images_dir"], path / "m" / merged["images_dir"]
+    for doc in (serial, merged):
+        doc["images_dir"] = None
+        for key in ("shards", "merge_problems"):
+            doc.pop(key, None)
+    assert without_timing(merged) == without_timing(serial)  # tests in the serial order, evidence, counts, verdict
+    names = sorted(p.name for p in serial_images.iterdir())
+    assert names == sorted(p.name for p in merged_images.iterdir()) and len(names) == 20
+    assert all((serial_images / n).read_bytes() == (merged_images / n).read_bytes() for n in names)
+    assert 'id="t-' in (path / "m/r.html").read_text()
+    # the shards' baselines merge into the one a serial run saves
+    assert main(["merge", str(path / "a/base.json"), str(path / "b/base.json"), "--baseline", str(path / "base.json")]) == 0
+    merged_tests, serial_tests = load(path / "base.json")["tests"], load(path / "serial/base.json")["tests"]
+    assert merged_tests.keys() == serial_tests.keys() and len(merged_tests) == 2  # the tests with Scores
+    for nodeid, entry in serial_tests.items():
+        assert merged_tests[nodeid]["scores"].keys() == entry["scores"].keys()
+        for key, stored in entry["scores"].items():
+            assert merged_tests[nodeid]["scores"][key]["values"] == stored["values"], (nodeid, key)
+
+
+def test_a_missing_or_unfinished_shard_makes_the_merged_verdict_incomplete(tmp_path: Path) -> None:
+    from cnnaudit.report.merge import MergeError, merge_reports
+
+    def shard(name: str, nodeid: str, **extra: Any) -> Path:
+        entry = {"nodeid": nodeid, "outcome": "passed", "phase": "call", "message": "", "details": "", "duration": 0.1,
+                 "evidence": None}
+        doc = {"format": "cnnaudit-report", "version": 1, "verdict": "pass", "interrupted": False, "in_progress": False,
+               "collected": 1, "reported": 1, "counts": {}, "environment": {"torch": "x"}, "models": [], "seeds": [],
+               "baseline": None, "images_dir": None, "started": 0.0, "duration": 1.0, "tests": [entry], "split": None, **extra}
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(doc))
+        return path
+
+    one = shard("one", "t.py::a", split={"group": 1, "splits": 3})
+    two = shard("two", "t.py::b", split={"group": 2, "splits": 3})
+    merged = merge_reports([one, two], report=None, json_path=tmp_path / "m.json")
+    assert merged["verdict"] == "incomplete" and merged["merge_problems"] == ["split group 3 of 3 missing"]
+    cut = shard("cut", "t.py::c", verdict="incomplete", collected=4, reported=1)
+    merged = merge_reports([shard("x", "t.py::d"), cut], report=None, json_path=tmp_path / "m.json", expected_shards=3)
+    assert merged["verdict"] == "incomplete" and merged["merge_problems"] == [
+        f"shard {cut} did not finish: 1 of 4 tests reported", "2 shard files given, 3 expected"]
+    assert merge_reports([shard("y", "t.py::e")], report=None, json_path=tmp_path / "m.json")["verdict"] == "pass"
+    with pytest.raises(MergeError, match=r"test 't.py::a' is in two shards, .*one.json and .*again.json"):
+        merge_reports([one, shard("again", "t.py::a")], report=None, json_path=tmp_path / "m.json")
+    (tmp_path / "junk.json").write_text("{}")
+    with pytest.raises(MergeError, match=r"junk.json is not a cnnaudit JSON report \(write one per shard with --cnnaudit-json"):
+        merge_reports([tmp_path / "junk.json"], report=None, json_path=tmp_path / "m.json")
+
+
+# ---- progress of long work on the terminal ----------------------------------------------------------
+LONG_WORK = """
+import time
+
+from cnnaudit.progress import progress
+
+
+def test_long(request, monkeypatch):
+    if {tty}:  # as if pytest wrote to a terminal
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        monkeypatch.setattr(reporter, "isatty", type(reporter.isatty)(True))
+    print("the test's own output")
+    with progress(3, "long work", unit="items") as bar:
+        for _ in range(3):
+            time.sleep(0.25)  # past the throttle: every advance draws
+            bar.advance()
+    assert False
+"""
+
+
+def _progress_shown(result: pytest.RunResult) -> bool:
+    """Whether the progress line reached pytest's terminal output (before, never inside, the captured output)."""
+    result.assert_outcomes(failed=1)
+    text = result.stdout.str()
+    captured = text.index("Captured stdout call")
+    assert "the test's own output" in text[captured:] and "long work" not in text[captured:]
+    return "long work: 1/3 items" in text[:captured]
+
+
+def test_progress_shows_on_a_terminal_and_not_under_q_in_ci_or_when_turned_off(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("CNNAUDIT_PROGRESS", raising=False)
+    pytester.makepyfile(test_long=LONG_WORK.format(tty=True))
+    assert _progress_shown(run(pytester))
+    assert not _progress_shown(run(pytester, "-q"))
+    assert not _progress_shown(run(pytester, "--cnnaudit-progress=off"))
+    assert _progress_shown(run(pytester, "-q", "--cnnaudit-progress=on"))
+    monkeypatch.setenv("CI", "true")
+    assert not _progress_shown(run(pytester))
+    pytester.makeini("[pytest]\ncnnaudit_progress = on\n")
+    assert _progress_shown(run(pytester))  # asked for in the ini file
+    monkeypatch.setenv("CNNAUDIT_PROGRESS", "0")
+    assert not _progress_shown(run(pytester))  # the environment wins over the ini file
+    assert _progress_shown(run(pytester, "--cnnaudit-progress=on"))  # the command line over both
+    pytester.makepyfile(test_long=LONG_WORK.format(tty=False))
+    pytester.makeini("[pytest]\n")
+    monkeypatch.delenv("CI")
+    monkeypatch.delenv("CNNAUDIT_PROGRESS")
+    assert not _progress_shown(run(pytester))  # auto, and pytest's output is not a terminal
+    monkeypatch.setenv("CNNAUDIT_PROGRESS", "1")
+    assert _progress_shown(run(pytester, "-q"))  # forced on: a CI log that asks for it
+
+
+def test_progress_reaches_the_terminal_through_pytests_capture(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a real process pytest captures the test's file descriptors: the line is written around that capture."""
+    monkeypatch.delenv("CNNAUDIT_PROGRESS", raising=False)
+    pytester.makepyfile(test_long=LONG_WORK.format(tty=False))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--cnnaudit-progress=on")
+    assert _progress_shown(result)
+    text = result.stdout.str()
+    assert "\b" in text and "test_long.py  long work: 3/3 items" not in text.replace("\b", "")  # appended, then erased
+
+
+def test_a_bad_progress_setting_is_a_usage_error(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytester.makepyfile(test_a="def test_a():\n    pass\n")
+    result = run(pytester, "--cnnaudit-progress=maybe")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--cnnaudit-progress=maybe is not a progress setting; use auto, on or off*"])
+    monkeypatch.setenv("CNNAUDIT_PROGRESS", "sometimes")
+    result = run(pytester)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*CNNAUDIT_PROGRESS=sometimes is not a progress setting*"])

@@ -176,8 +176,10 @@ def test_visualizations_are_shown_as_one_grid_of_at_most_64_channels(tmp_path: P
     (vis,) = out["visualizations"]
     (image,) = vis["images"]
     assert vis["channels"] == list(range(70)) and 7 in out["seeds"]
-    assert image["caption"] == "channels 0-63 (first 64 of 70)"
-    assert (image["width"], image["height"]) == (8 * 10 + 2, 8 * 10 + 2)  # 8x8 tiles of 8 px, 2 px padding
+    assert image["caption"] == "channels 0-63 (first 64 of 70)"  # nothing says which units are dead: no "dead" line
+    assert vis["dead"] is None  # an object without achieved activations: deadness unknown, nothing marked
+    # 8x8 tiles of 8 px, each enlarged 8x to 64 px so that its channel number fits, 2 px padding
+    assert (image["width"], image["height"]) == (8 * 66 + 2, 8 * 66 + 2) and render.LABELLED_TILE == 64
 
 
 def test_real_visualizations_are_recorded_with_their_seed_and_activation(tmp_path: Path) -> None:
@@ -194,9 +196,142 @@ def test_real_visualizations_are_recorded_with_their_seed_and_activation(tmp_pat
     out = recorder.finish()
     (entry,) = out["visualizations"]
     assert entry["layer"] == "0" and entry["channels"] == [0, 1, 2, 3] and 5 in out["seeds"]
-    assert (entry["images"][0]["width"], entry["images"][0]["height"]) == (2 * 18 + 2, 2 * 18 + 2)
+    assert (entry["images"][0]["width"], entry["images"][0]["height"]) == (2 * 66 + 2, 2 * 66 + 2)  # 16 px tiles, 4x
+    assert entry["dead"] == [c for c, a in zip(vis.channels, vis.achieved) if not a > 1e-6]
     assert [s["key"] for s in out["scores"]] == ["activation"] and out["scores"][0]["n"] == 4
     assert out["models"][0]["parameters"] == sum(p.numel() for p in model.parameters())
+
+
+def test_dead_units_are_numbered_and_marked_in_the_grid(tmp_path: Path) -> None:
+    class Visualizations:
+        images = torch.full((5, 3, 16, 16), 0.5)
+        channels = [0, 3, 4, 9, 10]
+        achieved = np.array([0.5, 0.0, 2.0, 1e-7, -0.3])  # dead: not above 1e-6 (Visualizations.dead()'s eps)
+        layer = "features.relu1"
+
+    recorder = EvidenceRecorder("t", tmp_path)
+    recorder.observe(Visualizations())
+    (vis,) = recorder.finish()["visualizations"]
+    assert vis["dead"] == [3, 9, 10] and vis["dead_eps"] == 1e-6
+    (image,) = vis["images"]
+    assert image["caption"] == "channels 0, 3-4, 9-10 · dead (activation ≤ 1e-06, red X): 3, 9-10"
+    drawn = read(tmp_path / image["file"]).astype(int)
+    assert drawn.shape == (2 * 66 + 2, 3 * 66 + 2, 3)  # 3 columns, 2 rows of 64 px tiles
+
+    def tile(k: int) -> np.ndarray:
+        top, left = 2 + (k // 3) * 66, 2 + (k % 3) * 66
+        return drawn[top : top + 64, left : left + 64]
+
+    def red(pixel: np.ndarray) -> bool:
+        return pixel[0] > 170 and pixel[1] < 90 and pixel[2] < 90
+
+    for k, dead in enumerate([False, True, False, True, True]):
+        # frame (middle of the left edge) and X (centre, and a quarter along the diagonal): red only on dead units
+        assert [red(tile(k)[32, 0]), red(tile(k)[32, 32]), red(tile(k)[16, 16]), red(tile(k)[48, 63])] == [dead] * 4, k
+        assert np.abs(tile(k)[56:60, 24:40] - 128).max() < 12 if not dead else True  # otherwise the grey image
+    # the channel number, white on a black box in the top-left corner; "10" needs a wider box than "0"
+    def box_width(k: int) -> int:
+        return int(np.argmax(tile(k)[0, :, :].max(axis=1) > 60))  # the box's top row: black, then grey or red
+
+    assert tile(0)[1, 1].max() < 40 and (tile(0)[:16, :16].min(axis=2) > 200).sum() >= 4
+    assert 4 < box_width(0) < box_width(4) < 32
+
+
+def test_grid_labels_and_marks_are_drawn_on_enlarged_tiles() -> None:
+    tiles = np.full((2, 16, 16, 3), 128, np.uint8)
+    plain = render.grid(tiles, pad=2)
+    assert plain.shape == (16 + 4, 2 * 18 + 2, 3)  # no labels or marks: as before
+    canvas = render.grid(tiles, pad=2, labels=["7", "12"], marked=[False, True])
+    assert canvas.shape == (64 + 4, 2 * 66 + 2, 3)  # enlarged 4x (nearest) to 64 px
+    second = canvas[2:66, 68:132]
+    assert second[32, 0].tolist() == second[32, 63].tolist() == second[63, 32].tolist() == list(render.MARK_COLOUR)
+    assert second[32, 32].tolist() == list(render.MARK_COLOUR)  # the X's crossing
+    first = canvas[2:66, 2:66]
+    assert first[32, 0].tolist() == first[32, 32].tolist() == [128, 128, 128]
+    assert first[0, 0].tolist() == [0, 0, 0] and (first[:14, :14].min(axis=2) > 200).sum() >= 4  # "7", white on black
+    assert (first[20:, :] == 128).all()  # the label stays in its corner
+    with pytest.raises(ValueError, match="grid\\(\\) got 1 labels for 2 images"):
+        render.grid(tiles, labels=["1"])
+
+
+def test_overlay_captions_give_label_target_and_groups(tmp_path: Path) -> None:
+    from cnnaudit import Subject
+    from cnnaudit.data import ImageSet
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    subject = Subject(model, layer="1", classes=["doctor", "nurse"], device="cpu")
+    people = ImageSet(torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(1)),
+                      labels=["doctor", "nurse", "doctor", "nurse", "doctor", "nurse"],
+                      groups={"gender": ["female", "male"] * 3, "pairing": ["counter"] * 3 + ["stereotyped"] * 3},
+                      regions={"box": [(0, 0, 8, 8)] * 6}, ids=[f"p{i}" for i in range(6)])
+    recorder = EvidenceRecorder("t", tmp_path)
+    with evidence.recording(recorder):
+        given = subject.gradcam(people, target=["nurse", "doctor", "doctor", "nurse", "nurse", "nurse"])
+        mass = given.mass_in("box")
+        female = mass.where(people.group("gender") == "female")
+        predicted = subject.gradcam(people[3:])  # target=None: the class each image is predicted as
+    out = recorder.finish()
+    first, second = out["heatmaps"]
+    assert [i["caption"] for i in first["images"][:2]] == [
+        "gradcam · label doctor · target nurse · gender=female · pairing=counter",
+        "gradcam · label nurse · target doctor · gender=male · pairing=counter",
+    ]
+    assert first["images"][5]["short"] == "label nurse · target nurse · gender=male · pairing=stereotyped"  # the card says gradcam
+    classes = subject.logits(people[3:].tensor()).argmax(dim=1).tolist()
+    assert [i["caption"] for i in second["images"]] == [
+        f"gradcam · label {people.labels[3 + k]} · target {['doctor', 'nurse'][c]} · gender={['male', 'female'][k % 2]}"
+        " · pairing=stereotyped" for k, c in enumerate(classes)]
+    # extremes: the value, then the same facts of the image it belongs to (a where() subset: via its index)
+    whole, subset = out["scores"][0], out["scores"][1]
+    lowest = int(np.nanargmin(mass.values))
+    assert whole["images"]["lowest"][0]["title"] == f"p{lowest}"
+    assert whole["images"]["lowest"][0]["caption"] == (
+        f"mass_in(box) = {mass.values[lowest]:.3g} · label {people.labels[lowest]} · target "
+        f"{['nurse', 'doctor', 'doctor', 'nurse', 'nurse', 'nurse'][lowest]} · gender={['female', 'male'][lowest % 2]}"
+        f" · pairing={'counter' if lowest < 3 else 'stereotyped'}")
+    assert whole["images"]["lowest"][0]["short"] == whole["images"]["lowest"][0]["caption"].removeprefix("mass_in(box) = ")
+    top = int(np.array([0, 2, 4])[np.nanargmax(female.values)])
+    assert subset["images"]["highest"][0]["title"] == f"p{top}"
+    assert subset["images"]["highest"][0]["caption"].startswith(f"mass_in(box)[gender=female] = {mass.values[top]:.3g} · ")
+    assert "gender=female" in subset["images"]["highest"][0]["caption"]
+
+
+def test_a_sanity_check_is_recorded_as_a_curve_per_layer_with_its_randomised_maps(tmp_path: Path) -> None:
+    from cnnaudit import Subject, metrics
+    from cnnaudit.data import ImageSet
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Linear(16, 4),
+    )
+    subject = Subject(model, layer="4", device="cpu")
+    images = ImageSet(torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(3)), labels=list("abcabc"))
+    recorder = EvidenceRecorder("t", tmp_path)
+    with evidence.recording(recorder):
+        check = metrics.sanity_check(subject, images, target=0)
+    (summary,) = recorder.finish()["scores"]
+    # the curve: the layers in cascade order (layer "4" and image "4" share a name: not an image's value)
+    assert [(p["id"], p["value"]) for p in summary["curve"]] == list(zip(["8", "4", "2", "0"], check.values.tolist()))
+    assert "lowest" not in summary["images"] and "highest" not in summary["images"]
+    # the cascade: image 0's original overlay, then its map after each step, kept by sanity_check (no recompute)
+    randomised, correlations = check.source["randomised"], check.source["correlations"]
+    assert randomised.shape == (4, *check.source["heatmaps"].raw.shape[1:])
+    for k in range(4):  # the stored maps are the ones the correlations were computed from
+        rho = stats.spearmanr(check.source["heatmaps"].raw[0].flatten(), randomised[k].flatten()).statistic
+        assert rho == pytest.approx(correlations[k, 0], abs=1e-12)
+    cascade = summary["images"]["cascade"]
+    assert [i["caption"] for i in cascade] == ["original · label a · target 0"] + [
+        f"step {k + 1}: {name} randomised, ρ = {correlations[k, 0]:.2f} with the original map"
+        for k, name in enumerate(["8", "4", "2", "0"])]
+    assert [i["short"] for i in cascade][1:] == [f"ρ = {correlations[k, 0]:.2f} · {k + 1}. {name}"
+                                                 for k, name in enumerate(["8", "4", "2", "0"])]
+    drawn = read(tmp_path / cascade[2]["file"]).astype(int)
+    expected = _overlay(check.source["heatmaps"], 0, raw=randomised[1]).astype(int)
+    assert np.abs(drawn - expected).mean() < 10
 
 
 def test_views_are_recorded_as_images(tmp_path: Path) -> None:

@@ -196,7 +196,7 @@ def test_comparisons_appear_in_the_html_and_the_json_escaped(tmp_path: Path) -> 
     row = row[: row.index("</tr>")]
     low, high = gap.ci().low, gap.ci().high
     assert f"<b>\u2212{report._num(0.4)}</b>" in row  # mean difference 0.175 - 0.575, signed
-    assert f"95% [{report._signed(low)}, {report._signed(high)}]" in row and "unpaired, 6 vs 6" in row
+    assert f'95% <span class="nw">[{report._signed(low)}, {report._signed(high)}]</span>' in row and "unpaired, 6 vs 6" in row
     assert f"<td>{report._num(gap.p_value)}</td>" in row and "✗ <code>p_value &gt; 0.0100</code>" in gates
     assert "paired, 2 pairs" in text and '<section class="card comparisons gate-failed">' in text
     assert f"{markupsafe.escape(evil.lower())} \u2212 m" in text  # in the search text of the test
@@ -242,3 +242,87 @@ def test_strings_are_made_safe_for_each_output():
     assert url_path("my#report?_files/run-1/a b%.jpg") == "my%23report%3F_files/run-1/a%20b%25.jpg"
     assert digest("x\udcff") != digest("x\udcfe") and len(digest("x\udcff")) == 12
     assert digest("test_a.py::test_b") == hashlib.sha1(b"test_a.py::test_b").hexdigest()[:12]  # ids as before
+
+
+def test_curve_geometry_puts_layers_in_cascade_order_on_a_correlation_axis() -> None:
+    summary = {
+        "curve": [{"id": "classifier", "value": 1.0}, {"id": "features.block4.conv2", "value": 0.0},
+                  {"id": "b", "value": None}, {"id": "a", "value": -1.0}],
+        "thresholds": [{"stat": "median()", "op": "<=", "value": 0.5, "actual": 0.0, "holds": True}],
+    }
+    fig = report.curve_figure(summary, height=110)
+    # y: 1 at the top (6 px), -1 at the bottom (110 px); x: 44 px per layer from 60 px, at least 240 px wide
+    assert fig["width"] == 248 and [p["x"] for p in fig["points"]] == [60.0, 118.67, 177.33, 236.0]
+    assert [p["y"] for p in fig["points"]] == [6.0, 58.0, None, 110.0]
+    assert fig["segments"] == ["60.0,6.0 118.67,58.0", "236.0,110.0"]  # an undefined step breaks the line
+    assert [(t["y"], t["label"]) for t in fig["thresholds"]] == [(32.0, "threshold median() <= 0.5")]
+    assert [p["label"] for p in fig["points"]][:2] == ["classifier", "….block4.conv2"]  # long names keep their end
+    assert [p["step"] for p in fig["points"]] == [1, 2, 3, 4]
+    assert report.curve_figure({"curve": None, "thresholds": []}) is None
+    wide = report.curve_figure({"curve": [{"id": str(k), "value": 0.5} for k in range(40)], "thresholds": []})
+    assert wide["width"] == report.CURVE_WIDTH  # deep networks: capped, the points closer together
+
+
+def test_a_sanity_check_is_drawn_as_a_curve_with_its_cascade_and_dead_units_are_named(tmp_path: Path) -> None:
+    import torch
+
+    from cnnaudit import Subject, metrics
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3, padding=1),
+                                torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    subject = Subject(model, layer="2", device="cpu")
+
+    class Visualizations:
+        images = torch.full((3, 3, 16, 16), 0.5)
+        channels = [0, 1, 2]
+        achieved = np.array([1.0, 0.0, 1.0])
+        layer = "features.relu1"
+
+    recorder = EvidenceRecorder("t.py::test_sanity", tmp_path)
+    with evidence.recording(recorder):
+        check = metrics.sanity_check(subject, torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(2)), target=0)
+        assert check.median() <= 2.0
+        recorder.observe(Visualizations())
+    results = RunResults()
+    run_test(results, "t.py::test_sanity", "passed", evidence=recorder.finish())
+    environment = {"cnnaudit": "0", "python": "3", "platform": "p", "torch": "2", "cuda": None,
+                   "cuda_available": False, "gpus": [], "device": "cpu"}
+    doc = report.document(results, environment=environment, interrupted=False, in_progress=False,
+                          image_dir=str(tmp_path), baseline=None, started=0.0, finished=1.0)
+    stats = report.write_html(tmp_path / "r.html", doc)
+    text = (tmp_path / "r.html").read_text()
+    card = text[text.index('<section class="card scores'):]
+    card = card[: card.index("</section>")]
+    assert '<svg class="curve"' in card and '<svg class="hist"' not in card  # a curve, not a histogram of 3 values
+    fig = report.curve_figure(doc["tests"][0]["evidence"]["scores"][0])
+    assert card.count('<circle class="point"') == 3 and f'<polyline class="line" points="{fig["segments"][0]}">' in card
+    assert [p["id"] for p in fig["points"]] == ["6", "2", "0"]  # from the output: the cascade order
+    assert f"step 1, 6 randomised: {report._num(check.values[0])}" in card
+    assert '<line class="threshold" ' in card and "threshold median() &lt;= 2" in card  # the gate, held
+    # the cascade strip: the original and 3 randomised overlays; the rest of the page has 3 overlays and a grid
+    assert card.count('<a class="shot"') == 4 and '<span class="label">cascade</span>' in card
+    assert stats["images"] == 4 + 3 + 1
+    assert "3 channels</span>, <span class=\"bad\"" in text and ">1 dead: 1</span>" in text
+
+
+def test_search_matches_what_a_reviewer_types_not_the_objects_pytest_printed() -> None:
+    message = (
+        "xfail: the biased model decides by the face — AssertionError: assert 0.43 >= 0.85\n"
+        " +  where 0.43 = Interval(low=0.43, high=0.57, level=0.95).low\n"
+        " +    where Scores('correct', n=200) = correct(Subject(PeopleCNN, layer='features', device='cpu'), "
+        "ImageSet(n=200, size=None, labels=True))\n"
+        "E  and tensor([[0.1, 0.2], [0.3, 0.4]]) != <function helper at 0x7f12ab34cd00> or Subject(Net(\n  (0): Conv2d(3, 4)\n))"
+    )
+    entry = {"nodeid": "test_decisions.py::test_accuracy_is_high[biased]", "outcome": "xfailed", "message": message,
+             "details": "subject = Subject(PeopleCNN, layer='features')\n...",
+             "evidence": {"scores": [{"key": "correct[pairing=counter]"}], "comparisons": [{"key": "mass_in(face) \u2212 x"}],
+                          "notes": ["looked at Subject(...) by hand"]}}
+    text = report.search_text(entry)
+    assert text == ("test_decisions.py::test_accuracy_is_high[biased] xfailed xfail: the biased model decides by the face "
+                    "— assertionerror: assert 0.43 >= 0.85\ne  and … !=  or … correct[pairing=counter] mass_in(face) \u2212 x "
+                    "looked at subject(...) by hand")
+    for absent in ("peoplecnn", "imageset", "tensor(", "interval(", "0x7f12", "conv2d", "device="):
+        assert absent not in text, absent
+    assert report.without_reprs("mass_in(tools) = 0.2, pointing_game(face) fell; ValueError: bad") == (
+        "mass_in(tools) = 0.2, pointing_game(face) fell; ValueError: bad")  # Scores keys and error names stay

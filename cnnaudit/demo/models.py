@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from cnnaudit.demo.data import CLASSES, SceneSpec, synthesize
+from cnnaudit.progress import progress
 
 VARIANTS: dict[str, str] = {"clean": "balanced", "biased": "biased"}
 """Model variant -> the training split it learns from."""
@@ -133,17 +134,19 @@ def write_shipped(folder: Path = WEIGHTS_DIR) -> dict[str, dict]:
     """Train every model of :data:`SHIPPED` and write ``<name>.pt`` and ``manifest.json`` into ``folder``
     (atomically); returns the manifest: per model its role, recipe, file sha256, torch version and threads."""
     manifest = {}
-    for name, shipped in SHIPPED.items():
-        model = train_model(shipped.variant, train=shipped.train)
-        path = folder / f"{name}.pt"
-        _write_atomic(path, functools.partial(torch.save, model.state_dict()))
-        manifest[name] = {
-            "role": shipped.role,
-            "recipe": recipe(shipped.variant, SceneSpec(), shipped.train),
-            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-            "torch": str(torch.__version__),
-            "threads": torch.get_num_threads(),
-        }
+    with progress(len(SHIPPED), "shipped models", unit="trained") as bar:
+        for name, shipped in SHIPPED.items():
+            model = train_model(shipped.variant, train=shipped.train)
+            path = folder / f"{name}.pt"
+            _write_atomic(path, functools.partial(torch.save, model.state_dict()))
+            manifest[name] = {
+                "role": shipped.role,
+                "recipe": recipe(shipped.variant, SceneSpec(), shipped.train),
+                "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                "torch": str(torch.__version__),
+                "threads": torch.get_num_threads(),
+            }
+            bar.advance()
     text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
     _write_atomic(folder / "manifest.json", lambda handle: handle.write(text.encode()))
     return manifest
@@ -172,7 +175,8 @@ def train_model(variant: str, *, scene: SceneSpec = SceneSpec(), train: TrainSpe
     ``max_lr``, batches in a seeded random order, the
     initialisation seeded with ``train.seed`` and deterministic algorithms on. One configuration gives
     bit-identical weights on every run with the same torch version, CPU and thread count. The global
-    RNG state and the deterministic-algorithms setting are restored afterwards."""
+    RNG state and the deterministic-algorithms setting are restored afterwards. The batches done show on
+    one updating terminal line (:mod:`cnnaudit.progress`)."""
     _check_variant(variant)
     people = synthesize(train.n_train, VARIANTS[variant], seed=train.seed, spec=scene)
     images, targets = people.images, people.targets
@@ -186,13 +190,16 @@ def train_model(variant: str, *, scene: SceneSpec = SceneSpec(), train: TrainSpe
             optimiser, max_lr=train.max_lr, total_steps=train.epochs * steps_per_epoch, pct_start=0.15
         )
         model.train()
-        for _ in range(train.epochs):
-            for batch in torch.randperm(len(images), generator=order_generator).split(train.batch_size):
-                loss = nn.functional.binary_cross_entropy_with_logits(model(images[batch]), targets[batch])
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                schedule.step()
+        what = f"train {variant} (seed {train.seed}), {train.epochs} epochs"
+        with progress(train.epochs * steps_per_epoch, what, unit="batches") as bar:
+            for _ in range(train.epochs):
+                for batch in torch.randperm(len(images), generator=order_generator).split(train.batch_size):
+                    loss = nn.functional.binary_cross_entropy_with_logits(model(images[batch]), targets[batch])
+                    optimiser.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimiser.step()
+                    schedule.step()
+                    bar.advance()
     return model.eval()
 
 

@@ -19,6 +19,7 @@ from cnnaudit.data import ImageSet
 from cnnaudit.demo.data import CLASSES, make_people
 from cnnaudit.demo.models import SHIPPED, TrainSpec, shipped_model, train_model
 from cnnaudit.metrics import sanity_check
+from cnnaudit.progress import progress
 from cnnaudit.scores import Scores, compare
 from cnnaudit.subject import Subject
 
@@ -107,12 +108,18 @@ def figures(model: torch.nn.Module, released: Scores | None = None) -> dict[str,
 
 
 def seed_figures(seeds: Iterable[int], train: TrainSpec = TrainSpec()) -> dict[str, list[dict[str, float]]]:
-    """:func:`figures` of the clean and the biased model trained with each seed: ``{variant: [per seed]}``."""
+    """:func:`figures` of the clean and the biased model trained with each seed: ``{variant: [per seed]}``.
+
+    Long (a minute or so per model on a CPU): the terminal shows how many models are done, with the
+    training and maximisation under way on the same line (:mod:`cnnaudit.progress`)."""
     seeds, released = list(seeds), released_tools_mass()
-    return {
-        variant: [figures(train_model(variant, train=replace(train, seed=seed)), released) for seed in seeds]
-        for variant in ("clean", "biased")
-    }
+    runs: dict[str, list[dict[str, float]]] = {"clean": [], "biased": []}
+    with progress(len(runs) * len(seeds), "seeds", unit="models") as bar:
+        for variant, results in runs.items():
+            for seed in seeds:
+                results.append(figures(train_model(variant, train=replace(train, seed=seed)), released))
+                bar.advance()
+    return runs
 
 
 def seed_table(seeds: list[int], train: TrainSpec = TrainSpec()) -> str:

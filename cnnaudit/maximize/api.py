@@ -14,6 +14,7 @@ from cnnaudit.maximize import objectives
 from cnnaudit.maximize.loop import DEFAULT_LR, Settings, evaluate, forward_to, optimise, placement
 from cnnaudit.maximize.transforms import Transforms
 from cnnaudit.maximize.visualizations import Visualizations
+from cnnaudit.progress import progress
 
 PARAMS, SCHEDULES = ("fourier", "pixel"), (None, "multiscale")
 LOGIT_LAYERS = (None, "logits", "output")
@@ -82,12 +83,14 @@ def maximize(subject: AuditedModel, layer: str | nn.Module | None, channels: Any
                                 class_index=subject.class_index, offset=offset)
         chunk = batch_size or subject.batch_size or len(goal)
         finals, start_values, final_values = [], [], []
-        for lo in range(0, len(goal), chunk):
-            part = goal.select(range(lo, min(lo + chunk, len(goal))))
-            start, final = optimise(subject, module, part, settings)
-            finals.append(final.cpu())
-            start_values.append(evaluate(subject, module, part, start))
-            final_values.append(evaluate(subject, module, part, final))
+        # one updating terminal line (cnnaudit.progress): a step of k units advances it by k
+        with progress(len(goal) * steps, f"maximize {layer_name}, {len(goal)} units", unit="unit steps") as bar:
+            for lo in range(0, len(goal), chunk):
+                part = goal.select(range(lo, min(lo + chunk, len(goal))))
+                start, final = optimise(subject, module, part, settings, advance=bar.advance)
+                finals.append(final.cpu())
+                start_values.append(evaluate(subject, module, part, start))
+                final_values.append(evaluate(subject, module, part, final))
     return Visualizations(torch.cat(finals), layer=layer_name, objective=goal, settings=settings,
                           start=torch.cat(start_values), achieved=torch.cat(final_values),
                           subject=subject, module=module, rerun=rerun)

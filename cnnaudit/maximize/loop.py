@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -121,13 +121,19 @@ def trajectory(subject: AuditedModel, module: nn.Module | None, objective: Objec
         yield image
 
 
-def optimise(subject: AuditedModel, module: nn.Module | None, objective: Objective, settings: Settings) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the optimisation for ``objective``'s units; return (starting images, final images) on the device."""
+def optimise(subject: AuditedModel, module: nn.Module | None, objective: Objective, settings: Settings, *,
+             advance: Callable[[int], object] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the optimisation for ``objective``'s units; return (starting images, final images) on the device.
+
+    ``advance(k)`` is called after each step with the number of units ``k`` (a progress reporter's
+    :meth:`~cnnaudit.progress.Progress.advance`)."""
     states = trajectory(subject, module, objective, settings)
     final = next(states)
     start = final.image().detach().clone()
+    units = len(objective)
     for final in states:
-        pass
+        if advance is not None:
+            advance(units)
     return start, final.image().detach()
 
 

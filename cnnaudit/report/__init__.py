@@ -14,6 +14,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -25,6 +26,10 @@ FORMAT = "cnnaudit-report"
 VERSION = 1
 HISTOGRAM_WIDTH = 240
 HISTOGRAM_HEIGHT = 56
+CURVE_HEIGHT = 110
+CURVE_STEP = 44
+"""Horizontal space (px) per layer of a sanity check's curve, between :data:`HISTOGRAM_WIDTH` and :data:`CURVE_WIDTH`."""
+CURVE_WIDTH = 560
 MIN_SHOWN_SIDE = 112
 
 
@@ -52,7 +57,7 @@ def all_images(evidence: dict | None) -> Iterator[dict]:
         for change in comparison.get("changes", []):
             yield from change["images"]
     for scores in evidence["scores"]:
-        for label in ("lowest", "highest"):
+        for label in ("cascade", "lowest", "highest"):
             yield from scores["images"].get(label, [])
     for group in ("heatmaps", "visualizations"):
         for item in evidence[group]:
@@ -113,6 +118,43 @@ def histogram_figure(summary: dict, width: int = HISTOGRAM_WIDTH, height: int = 
     return {"width": width, "height": height, "bars": bars, "marks": marks, "band": band, "low": low, "high": high}
 
 
+def curve_figure(summary: dict, height: int = CURVE_HEIGHT) -> dict | None:
+    """SVG geometry of a per-layer Scores (a sanity check's cascade) as a line chart: x the layers in the order they
+    were randomised, y the value on a fixed ``[-1, 1]`` axis (a correlation), with the thresholds the audit gated on
+    as horizontal lines. Undefined values break the line. Layer names are drawn under the axis, rotated."""
+    curve = summary.get("curve")
+    if not curve:
+        return None
+    values = [point["value"] for point in curve]
+    finite = [v for v in values if v is not None]
+    low = min([-1.0] + finite + [t["value"] for t in summary["thresholds"] if t["value"] is not None])
+    high = max([1.0] + finite + [t["value"] for t in summary["thresholds"] if t["value"] is not None])
+    left, right, top = 60, 12, 6  # layer names run down-left from their point: room on the left
+    width = min(CURVE_WIDTH, max(HISTOGRAM_WIDTH, left + right + CURVE_STEP * len(curve)))
+    step = (width - left - right) / max(len(curve) - 1, 1)
+
+    def y(value: float) -> float:
+        return round(top + (high - value) / (high - low) * (height - top), 2)
+
+    points, segments, run = [], [], []
+    for k, point in enumerate(curve):
+        x = round(left + k * step, 2) if len(curve) > 1 else round(left + (width - left - right) / 2, 2)
+        label = point["id"] if len(point["id"]) <= 14 else "…" + point["id"][-13:]
+        points.append({"x": x, "y": None if point["value"] is None else y(point["value"]), "value": point["value"],
+                       "id": point["id"], "label": label, "step": k + 1})
+        if point["value"] is None:
+            run = []
+        else:
+            if not run:
+                segments.append(run)
+            run.append(f"{x},{y(point['value'])}")
+    lines = [{"y": y(v), "label": f"{v:g}"} for v in (1.0, 0.0, -1.0) if low <= v <= high]
+    thresholds = [{"y": y(t["value"]), "label": f"threshold {t['stat']} {t['op']} {t['value']:.4g}", "holds": t["holds"]}
+                  for t in summary["thresholds"] if t["value"] is not None]
+    return {"width": width, "height": height, "labels": 76, "points": points,
+            "segments": [" ".join(run) for run in segments], "lines": lines, "thresholds": thresholds, "left": left}
+
+
 def paired_histogram_figure(summary: dict, width: int = HISTOGRAM_WIDTH, height: int = HISTOGRAM_HEIGHT) -> dict | None:
     """SVG geometry of a paired comparison's two sides in one histogram: per bin, side a's bar and side b's
     (half a bin wide each, side by side), and both means."""
@@ -136,12 +178,14 @@ def paired_histogram_figure(summary: dict, width: int = HISTOGRAM_WIDTH, height:
 
 
 def document(results: Any, *, environment: dict, interrupted: bool, in_progress: bool, image_dir: str | None,
-             baseline: dict | None, started: float, finished: float, correction: str | None = None) -> dict:
+             baseline: dict | None, started: float, finished: float, correction: str | None = None,
+             split: dict | None = None) -> dict:
     """The run as one JSON-able document (what ``--cnnaudit-json`` writes and the HTML shows).
 
     ``interrupted``: pytest did not end normally (Ctrl-C, ``pytest.exit``, an internal error); the
     verdict is then ``fail`` or ``incomplete``, as it is while ``in_progress``. ``correction``: adjust
-    the comparisons' p-values across the run (:func:`cnnaudit.report.overview.correct`)."""
+    the comparisons' p-values across the run (:func:`cnnaudit.report.overview.correct`). ``split``:
+    ``{"group", "splits"}`` when the run is one shard of a split suite (pytest-split), for merging."""
     from cnnaudit.report.overview import correct
 
     entries = results.entries()
@@ -152,6 +196,7 @@ def document(results: Any, *, environment: dict, interrupted: bool, in_progress:
         "interrupted": interrupted,
         "in_progress": in_progress,
         "collected": results.collected,
+        "split": split,
         "reported": sum(1 for e in entries if e["phase"] != "collect"),
         "counts": results.counts(),
         "environment": environment,
@@ -186,7 +231,7 @@ def write_html(path: Path, doc: dict, budget: int = INLINE_BUDGET_BYTES) -> dict
     inline, linked = plan_inlining(doc["tests"], budget)
 
     def thumb_src(image: dict) -> str:
-        if image["id"] in inline and images_dir is not None:
+        if image["id"] in inline and images_dir is not None and (images_dir / image["thumb"]).is_file():
             data = (images_dir / image["thumb"]).read_bytes()
             return "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
         return f"{prefix}/{image['thumb']}"
@@ -213,6 +258,7 @@ def write_html(path: Path, doc: dict, budget: int = INLINE_BUDGET_BYTES) -> dict
         full_src=lambda image: f"{prefix}/{image['file']}",
         histogram=histogram_figure,
         paired_histogram=paired_histogram_figure,
+        curve=curve_figure,
         shown_size=shown_size,
     )
     template = env.get_template("report.html.j2")
@@ -265,11 +311,48 @@ def test_anchor(nodeid: str) -> str:
 
 
 def search_text(entry: dict) -> str:
-    """What the report's search box matches for a test: node id, outcome, message, Scores and comparison keys, notes."""
+    """What the report's search box matches for a test: node id, outcome, message, Scores and comparison keys, notes.
+
+    The message without the objects pytest prints in it (:func:`without_reprs`): its ``+  where`` lines (each names
+    the objects an assertion read, fixtures included: ``Subject(PeopleCNN, ...)``, ``ImageSet(...)``, ``tensor(...)``)
+    and any object repr left in the first lines; otherwise searching for ``subject`` or ``tensor`` would match every
+    failed test. The traceback (``details``, which repeats the fixtures' reprs) is not searched."""
     evidence = entry["evidence"] or {}
-    parts = [entry["nodeid"], entry["outcome"], entry["message"]]
+    parts = [entry["nodeid"], entry["outcome"], without_reprs(entry["message"] or "")]
     parts += [s["key"] for s in evidence.get("scores", []) + evidence.get("comparisons", [])] + list(evidence.get("notes", []))
     return " ".join(parts).lower()
+
+
+_EXPLANATION = re.compile(r"^\s*\+\s")  # pytest's "  +  where x = f(...)" / "  +  and ..." lines
+_REPR_START = re.compile(r"<[^<>]*\bat 0x[0-9a-fA-F]+>|\b(?:[A-Z]\w*|tensor|array|Parameter)\(")
+
+
+def without_reprs(message: str) -> str:
+    """``message`` without pytest's assertion-explanation lines (``+  where ...``) and without object reprs:
+    ``<... at 0x...>`` and every call-shaped ``Name(...)`` whose name is capitalised (a class: ``Subject(...)``,
+    ``Scores(...)``, ``Interval(...)``) or ``tensor(...)`` / ``array(...)``, with what its balanced brackets hold.
+    Lower-case calls such as ``mass_in(tools)`` (Scores keys) stay."""
+    kept = [line for line in message.splitlines() if not _EXPLANATION.match(line)]
+    text = "\n".join(kept)
+    out, position = [], 0
+    while True:
+        found = _REPR_START.search(text, position)
+        if found is None:
+            out.append(text[position:])
+            break
+        out.append(text[position : found.start()])
+        if found.group().startswith("<"):
+            position = found.end()
+            continue
+        depth, end = 0, found.end() - 1
+        while end < len(text):
+            depth += {"(": 1, "[": 1, "{": 1, ")": -1, "]": -1, "}": -1}.get(text[end], 0)
+            end += 1
+            if depth == 0:
+                break
+        out.append("…")
+        position = end
+    return "".join(out)
 
 
 def _text_safe(value: Any) -> Any:
