@@ -23,7 +23,6 @@ Usage: ``python benchmarks/bench_gates.py [--trials 200] [--out gates.json]``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import tempfile
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 from cnnaudit.baseline import save
 from cnnaudit.scores import Scores, compare
 from cnnaudit.summaries import per_image, summarize
+from timing import emit
 
 ONE_SIDED_5 = 1.6448536269514722  # scipy.stats.norm.ppf(0.95)
 POWER = 0.8
@@ -96,10 +96,7 @@ def main() -> None:
                                drops=[float(d) for d in args.drops.split(",")], trials=args.trials),
         "baseline_size": measure_baseline_size(images=args.baseline_images, scores=args.baseline_scores),
     }
-    text = json.dumps(figures, indent=1)
-    if args.out:
-        args.out.write_text(text)
-    print(text)
+    emit(figures, args.out)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ Usage: ``python benchmarks/bench_gpu.py [--device cuda] [--batch 64] [--repeats 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -22,7 +21,7 @@ from torchvision.models import resnet50
 
 import cnnaudit as ca
 from bench_maximize import measure_maximize
-from timing import environment, interleaved, per_image_ms
+from timing import emit, environment, interleaved, per_image_ms
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -76,10 +75,7 @@ def main() -> None:
         "gradcam": measure_gradcam(device, args.batch, args.repeats),
         "maximize": measure_maximize(device, steps=args.maximize_steps, repeats=3),
     }
-    text = json.dumps(figures, indent=1)
-    if args.out:
-        args.out.write_text(text)
-    print(text)
+    emit(figures, args.out)
 
 
 if __name__ == "__main__":

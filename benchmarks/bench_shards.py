@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from timing import emit
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -78,10 +80,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     figures = measure_shards([int(n) for n in args.splits.split(",")], args.threads)
-    text = json.dumps(figures, indent=1)
-    if args.out:
-        args.out.write_text(text)
-    print(text)
+    emit(figures, args.out)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import random
 import statistics
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -84,3 +86,11 @@ def environment(device: torch.device) -> dict[str, object]:
         "torchvision": torchvision.__version__,
         "platform": platform.platform(),
     }
+
+
+def emit(figures: dict, out: Path | None) -> None:
+    """Print ``figures`` as JSON, and write them to ``out`` when given."""
+    text = json.dumps(figures, indent=1)
+    if out:
+        out.write_text(text)
+    print(text)
