@@ -1,6 +1,6 @@
 """``cnnaudit`` on the command line (also ``python -m cnnaudit``).
 
-    cnnaudit merge SHARD.json ... --report=PATH [--json=PATH] [--shards=N]
+    cnnaudit merge SHARD.json ... --report=PATH [--json=PATH] [--summary=PATH] [--shards=N]
     cnnaudit merge BASELINE.json ... --baseline=PATH
 """
 
@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
                        help="each shard's --cnnaudit-json report (its images folder beside it) or saved baseline")
     merge.add_argument("--report", type=Path, help="write the merged HTML report here")
     merge.add_argument("--json", type=Path, help="write the merged JSON report here")
+    merge.add_argument("--summary", type=Path, help="write the merged run's Markdown summary here")
     merge.add_argument("--baseline", type=Path, help="write the merged baseline here (from baseline shards)")
     merge.add_argument("--shards", dest="expected", type=int, metavar="N",
                        help="the number of shards the suite was split into: fewer report files make the verdict incomplete")
@@ -40,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
             raise MergeError("give --report=PATH and/or --json=PATH to merge the reports into")
         if reports:
             merged = merge_reports(reports, report=args.report, json_path=args.json, expected_shards=args.expected)
+            if args.summary is not None:
+                from cnnaudit.report import atomic_open
+                from cnnaudit.report.overview import markdown
+
+                with atomic_open(args.summary) as handle:
+                    handle.write(markdown(merged, args.report, args.summary.parent))
             counts = ", ".join(f"{n} {outcome}" for outcome, n in merged["counts"].items() if n)
             print(f"cnnaudit merge: {len(reports)} shards, {len(merged['tests'])} tests ({counts}): {merged['verdict']}")
             for problem in merged["merge_problems"]:

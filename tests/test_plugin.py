@@ -828,7 +828,7 @@ def test_a_suite_split_in_two_and_merged_gives_the_serial_runs_report(pytester: 
                                   "--cnnaudit-save-baseline=b/base.json").assert_outcomes(passed=1)
     path = pytester.path
     assert main(["merge", str(path / "a/r.json"), str(path / "b/r.json"), "--json", str(path / "m/r.json"),
-                 "--report", str(path / "m/r.html"), "--shards", "2"]) == 1  # the merged verdict: fail
+                 "--report", str(path / "m/r.html"), "--summary", str(path / "m/summary.md"), "--shards", "2"]) == 1  # fail
     serial, merged = load(path / "serial/r.json"), load(path / "m/r.json")
     assert merged["merge_problems"] == [] and [s["verdict"] for s in merged["shards"]] == ["fail", "pass"]
     serial_images, merged_images = path / "serial" / serial["images_dir"], path / "m" / merged["images_dir"]
@@ -841,6 +841,8 @@ def test_a_suite_split_in_two_and_merged_gives_the_serial_runs_report(pytester: 
     assert names == sorted(p.name for p in merged_images.iterdir()) and len(names) == 20
     assert all((serial_images / n).read_bytes() == (merged_images / n).read_bytes() for n in names)
     assert 'id="t-' in (path / "m/r.html").read_text()
+    summary = (path / "m/summary.md").read_text()
+    assert summary.startswith("## cnnaudit: FAIL") and "[`test_audit.py::test_fails`](r.html#t-" in summary
     # the shards' baselines merge into the one a serial run saves
     assert main(["merge", str(path / "a/base.json"), str(path / "b/base.json"), "--baseline", str(path / "base.json")]) == 0
     merged_tests, serial_tests = load(path / "base.json")["tests"], load(path / "serial/base.json")["tests"]
