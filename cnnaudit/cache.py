@@ -3,10 +3,12 @@
 ``Subject(..., cache=True)`` (the default) keeps the raw maps of recent ``gradcam`` / ``saliency``
 calls. The key names everything the maps depend on:
 
-* the model: for each parameter and buffer ``(data_ptr, _version)``. Every change made through
-  torch bumps the version counter (optimiser steps, ``load_state_dict``, ``reset_parameters``,
-  ``p.mul_(2)`` under ``no_grad``); a replaced tensor has another storage. An entry keeps the
-  tensors its key names alive, so no new tensor can reuse their addresses while it exists.
+* the model: for each parameter and buffer, and each plain tensor attribute of any of its modules
+  (``self.scale = torch.tensor(2.0)``, or a tensor in a list / tuple / dict attribute, one level
+  deep), ``(data_ptr, _version)``. Every change made through torch bumps the version counter
+  (optimiser steps, ``load_state_dict``, ``reset_parameters``, ``p.mul_(2)`` under ``no_grad``); a
+  replaced tensor has another storage. An entry keeps the tensors its key names alive, so no new
+  tensor can reuse their addresses while it exists.
 * the subject's ``preprocess`` and ``output`` selector (by identity);
 * what was asked: ``gradcam`` / ``saliency``, the method and the layer;
 * the target: the predicted class or the class indices (by value). Requests with a callable
@@ -22,7 +24,9 @@ takes ~20 ms on a CPU core, several times a GPU's Grad-CAM pass for them.
 
 The key does not see writes that bypass version counters (``tensor.data.<op>_()``, a numpy array
 sharing memory with a tensor), image files changed on disk, loaders that return different
-images on each call, or hooks and methods patched onto the model: call ``subject.cache.clear()``
+images on each call, non-tensor attributes the forward reads (a Python float, a numpy array),
+tensors nested deeper than one container level or held outside the model's modules, or hooks and
+methods patched onto the model: call ``subject.cache.clear()``
 after those, or use ``Subject(cache=False)``. Tensors made under ``torch.inference_mode()`` have
 no version counter; requests involving them are not cached.
 
@@ -132,6 +136,7 @@ def request_key(model: nn.Module, preprocess: Callable | None, output: Any, what
     """The key of ``what`` = (kind, method, layer) for ``target`` and ``images`` as the caller passed them, with
     ``model`` (its state), ``preprocess`` and the ``output`` selector as the subject holds them; ``None`` if uncacheable."""
     tensors = list(chain(model.parameters(), model.buffers()))
+    tensors += attribute_tensors(model, {id(t) for t in tensors})
     image_key, target_value = source_key(images), _target_key(target)
     if image_key is None or target_value is None or any(t.is_inference() for t in tensors):
         return None
@@ -139,6 +144,36 @@ def request_key(model: nn.Module, preprocess: Callable | None, output: Any, what
     model_value = tuple((t.data_ptr(), t._version) for t in tensors)
     value = (what, id(model), model_value, id(preprocess), id(output), target_value, image_value)
     return Key(value, (model, *tensors, preprocess, output, *image_pins))
+
+
+_MODULE_STATE = frozenset({"_parameters", "_buffers", "_modules"})
+
+
+def attribute_tensors(model: nn.Module, known: set[int] | None = None) -> list[torch.Tensor]:
+    """The tensors a forward can read that are neither parameters nor buffers: plain tensor attributes of
+    every module of ``model`` (``vars(module)``), and tensors in list / tuple / dict attributes one level deep.
+    In a fixed order, each once; ``known``: ids of tensors to leave out (the parameters and buffers)."""
+    seen = set(known or ())
+    found: list[torch.Tensor] = []
+
+    def add(value: Any) -> None:
+        if isinstance(value, torch.Tensor) and id(value) not in seen:
+            seen.add(id(value))
+            found.append(value)
+
+    for module in model.modules():
+        for name, value in vars(module).items():
+            if name in _MODULE_STATE:
+                continue
+            if isinstance(value, dict):
+                for item in value.values():
+                    add(item)
+            elif isinstance(value, (list, tuple)):
+                for item in value:
+                    add(item)
+            else:
+                add(value)
+    return found
 
 
 def _target_key(target: Target) -> Hashable | None:

@@ -274,3 +274,63 @@ def test_hits_leave_no_tensors_behind(tiny_cnn, images) -> None:
 def test_bad_bounds() -> None:
     with pytest.raises(ValueError, match="must be positive"):
         HeatmapCache(max_entries=0)
+
+
+class ScaledInput(torch.nn.Module):
+    """A forward that reads plain tensor attributes (neither parameters nor buffers)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.scale = torch.tensor(2.0)
+        self.shifts = [torch.tensor(-0.3)]  # one container level deep
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 6, 3, padding=1), torch.nn.ReLU()
+        )
+        self.fc = torch.nn.Linear(6, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x * self.scale + self.shifts[0]).mean(dim=(2, 3)))
+
+
+def _scale_attribute_in_place(model):
+    model.scale.mul_(3)
+
+
+def _reassign_scale_attribute(model):
+    model.scale = torch.tensor(5.0)
+
+
+def _shift_in_list_in_place(model):
+    model.shifts[0].add_(0.8)
+
+
+@pytest.mark.parametrize("change", [_scale_attribute_in_place, _reassign_scale_attribute, _shift_in_list_in_place])
+def test_plain_tensor_attributes_are_in_the_key(images, change) -> None:
+    model = ScaledInput().eval()
+    passes = Passes(model)
+    subject = subject_for(model)
+    before = subject.gradcam(images, target=1).raw
+    computed = passes.count
+    torch.testing.assert_close(subject.gradcam(images, target=1).raw, before, rtol=0, atol=0)
+    assert subject.cache.stats.hits == 1 and passes.count == computed  # unchanged: a hit, no pass
+    change(model)
+    after = subject.gradcam(images, target=1).raw
+    assert subject.cache.stats.hits == 1 and passes.count > computed
+    assert not torch.allclose(after, before)
+    torch.testing.assert_close(after, fresh(model, images, target=1))
+    subject.gradcam(images, target=1)
+    assert subject.cache.stats.hits == 2  # the changed model hits again
+
+
+def test_attribute_tensors_are_found_once_in_order() -> None:
+    from cnnaudit.cache import attribute_tensors
+
+    model = ScaledInput()
+    shared = torch.ones(1)
+    model.fc.table = {"a": shared, "b": torch.zeros(1)}
+    model.fc.again = shared
+    model.fc.nested = [[torch.zeros(1)]]  # two levels deep: not looked at (documented)
+    found = attribute_tensors(model, {id(t) for t in model.parameters()})
+    assert [id(t) for t in found] == [id(model.scale), id(model.shifts[0]), id(shared), id(model.fc.table["b"])]
+    assert not any(isinstance(t, torch.nn.Parameter) for t in found)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import cnnaudit as ca
+from cnnaudit.attribution.guided import GuidedRuleWarning
 
 # A 2-pixel ReLU net on image channel 0: h = relu(W1 p), y = W2 h. For p = (0.5, 0.25):
 # W1 p = (0.25, -0.75, 0.5), so the forward mask is (1, 0, 1); class 0 reads W2[0] = (1, 3, -2).
@@ -158,3 +159,54 @@ def test_scripted_model_is_refused():
 def test_unknown_saliency_method(tiny_cnn, images16):
     with pytest.raises(ValueError, match="guided_backprop, deconvnet, guided_gradcam"):
         ca.Subject(tiny_cnn, device="cpu").saliency(images16, method="smoothgrad")
+
+
+HAND_WRITTEN = {
+    "clamp": (lambda x: x.clamp(min=0), "clamp"),
+    "maximum": (lambda x: torch.maximum(x, torch.zeros_like(x)), "torch.maximum"),
+    "mask_product": (lambda x: x * (x > 0), r"comparison \(x > 0\)"),
+    "swish": (lambda x: x * torch.sigmoid(x), "sigmoid"),
+}
+
+
+class HandWrittenCNN(nn.Module):
+    """A small CNN whose non-linearities are written without any ReLU call (or with nn.ReLU, ``act=None``)."""
+
+    def __init__(self, act=None) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.act = act
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 6, 3, padding=1)
+        self.relu = nn.ReLU() if act is None else None  # an unused nn.ReLU is refused (ValueError)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        act = self.act if self.act is not None else self.relu
+        return self.fc(act(self.conv2(act(self.conv1(x)))).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("form", sorted(HAND_WRITTEN))
+@pytest.mark.parametrize("method", ["guided_backprop", "deconvnet"])
+def test_no_relu_call_warns_that_the_rule_changed_nothing(form, method, images16):
+    act, seen = HAND_WRITTEN[form]
+    subject = ca.Subject(HandWrittenCNN(act), device="cpu")
+    with pytest.warns(GuidedRuleWarning, match=rf"no ReLU call .*{seen}.*plain input gradient"):
+        subject.saliency(images16[:2], target=1, method=method)
+
+
+def test_the_clamp_form_returns_the_plain_input_gradient(images16):
+    model = HandWrittenCNN(HAND_WRITTEN["clamp"][0]).eval()
+    x = images16[:3]
+    with pytest.warns(GuidedRuleWarning):
+        heatmaps = ca.Subject(model, device="cpu").saliency(x, target=[0, 2, 1], method="guided_backprop")
+    image = x.clone().requires_grad_()
+    (g,) = torch.autograd.grad(model(image)[torch.arange(3), torch.tensor([0, 2, 1])].sum(), image)
+    torch.testing.assert_close(heatmaps.raw, g.abs().amax(dim=1), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("method", ["guided_backprop", "deconvnet", "guided_gradcam"])
+def test_relu_networks_do_not_warn(method, images16):
+    subject = ca.Subject(HandWrittenCNN(), layer="conv2", device="cpu")
+    subject.saliency(images16[:2], target=1, method=method)

@@ -12,7 +12,11 @@ input and ``g`` the gradient arriving from above:
 Both rules are defined for ReLU networks. A forward pass that applies another rectifier-like
 activation (SiLU, GELU, Hardswish, ReLU6, LeakyReLU, ...) raises ``ValueError`` instead of
 returning a map in which some activations were silently left unmodified; so does a model with
-TorchScript parts (the mode cannot see inside them).
+TorchScript parts (the mode cannot see inside them). A forward pass that makes no ReLU call at all
+(rectifiers hand-written as ``x.clamp(min=0)``, ``torch.maximum(x, 0)``, ``x * (x > 0)``, or swish as
+``x * torch.sigmoid(x)``) gives the rules nothing to modify: the map is the plain input gradient
+(vanilla saliency), and :class:`GuidedRuleWarning` says so, naming the element-wise calls seen that
+may be such hand-written activations.
 
 The map: the target score's gradient with respect to the input image in ``[0,1]`` (through
 ``preprocess``), ``(N,3,H,W)``, reduced over colour channels by the maximum absolute value
@@ -24,6 +28,8 @@ image, ``raw_ij = max_c |g_cij| * bilinear(relu(L))_ij``.
 from __future__ import annotations
 
 from typing import Any
+
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +63,22 @@ _OTHER_ACTIVATIONS = {
 }
 
 
+# element-wise calls that hand-written rectifiers / gates are made of (by ``__name__``, for the warning)
+_HAND_WRITTEN = {
+    "clamp": "clamp", "clamp_": "clamp", "clip": "clip", "clip_": "clip", "clamp_min": "clamp_min",
+    "clamp_min_": "clamp_min", "maximum": "torch.maximum", "fmax": "torch.fmax", "max": "max", "where": "torch.where",
+    "__gt__": "comparison (x > 0)", "__ge__": "comparison (x >= 0)", "__lt__": "comparison (x < 0)",
+    "__le__": "comparison (x <= 0)", "gt": "comparison (x > 0)", "ge": "comparison (x >= 0)",
+    "lt": "comparison (x < 0)", "le": "comparison (x <= 0)", "heaviside": "torch.heaviside",
+    "sigmoid": "sigmoid", "sigmoid_": "sigmoid", "tanh": "tanh", "tanh_": "tanh", "erf": "erf",
+    "hardsigmoid": "hardsigmoid",
+}
+
+
+class GuidedRuleWarning(UserWarning):
+    """Guided backprop / deconvnet changed nothing: the forward pass made no ReLU call, so the map is the plain gradient."""
+
+
 class _RectifiedReLU(torch.autograd.Function):
     """ReLU forward; backward by the guided or deconvnet rule (module docstring)."""
 
@@ -83,8 +105,12 @@ class RectifierRule(ReLUMode):
     def __init__(self, rule: str) -> None:
         super().__init__(lambda x: _RectifiedReLU.apply(x, rule))
         self.rule = rule
+        self.hand_written: dict[str, None] = {}  # names of element-wise calls seen, in order (see _HAND_WRITTEN)
 
     def other(self, func: Any, args: tuple, kwargs: dict) -> Any:
+        seen = _HAND_WRITTEN.get(getattr(func, "__name__", ""))
+        if seen is not None:
+            self.hand_written[seen] = None
         if func in _OTHER_ACTIVATIONS:
             raise ValueError(
                 f"the model applies {_OTHER_ACTIVATIONS[func]}; guided backprop and deconvnet are defined for ReLU "
@@ -101,6 +127,16 @@ def _check_scriptless(model: nn.Module) -> None:
 def _check_relus_seen(model: nn.Module, mode: RectifierRule) -> None:
     if mode.relu_calls == 0 and any(isinstance(m, nn.ReLU) for m in model.modules()):
         raise ValueError("the model has nn.ReLU modules but no ReLU call was seen in the forward pass; cannot apply the rule")
+    if mode.relu_calls == 0:
+        seen = f" (the forward pass called: {', '.join(mode.hand_written)})" if mode.hand_written else ""
+        warnings.warn(
+            f"the forward pass made no ReLU call the {mode.rule} rule can modify{seen}, so this map is the plain "
+            "input gradient (vanilla saliency), not guided backprop / deconvnet. Rectifiers written as "
+            "x.clamp(min=0), torch.maximum(x, 0) or x * (x > 0), and swish as x * torch.sigmoid(x), are not ReLU "
+            "calls: write them with nn.ReLU / F.relu / torch.relu, or read this map as a plain gradient",
+            GuidedRuleWarning,
+            stacklevel=2,
+        )
 
 
 def saliency_batch(
