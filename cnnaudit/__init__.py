@@ -26,6 +26,7 @@ _EXPORTS = {
     "compare": "cnnaudit.scores",
     "UndefinedScoresError": "cnnaudit.scores",
     "sanity_check": "cnnaudit.metrics",
+    "GuidedRuleWarning": "cnnaudit.attribution.guided",
     "Visualizations": "cnnaudit.maximize",
     "filter_grid": "cnnaudit.views",
     "feature_map_grid": "cnnaudit.views",
