@@ -130,9 +130,12 @@ def probe(model: nn.Module, probe_input: torch.Tensor) -> list[_Event]:
     return events
 
 
-def layer_inventory(model: nn.Module, probe_input: torch.Tensor) -> LayerInventory:
-    """Every named submodule of ``model`` with its type, parameter count and probed output shape."""
-    events = probe(model, probe_input)
+def layer_inventory(model: nn.Module, probe_input: torch.Tensor, events: list[_Event] | None = None) -> LayerInventory:
+    """Every named submodule of ``model`` with its type, parameter count and probed output shape.
+
+    ``events``: the result of ``probe(model, probe_input)`` when the caller already ran it.
+    """
+    events = probe(model, probe_input) if events is None else events
     first: dict[str, _Event] = {}
     calls: dict[str, int] = {}
     for event in events:
@@ -249,7 +252,7 @@ def _is_point(shape: tuple[int, ...] | None) -> bool:
     return shape is not None and len(shape) == 4 and shape[2:] == (1, 1)
 
 
-def auto_layer(model: nn.Module, probe_input: torch.Tensor) -> str:
+def auto_layer(model: nn.Module, probe_input: torch.Tensor, events: list[_Event] | None = None) -> str:
     """Name of the last module with a spatial 4-D ``(N,C,h,w)`` output (``h * w > 1``) before the head.
 
     Modules are taken in the order they finish in one probe pass. The head starts at the first
@@ -259,9 +262,9 @@ def auto_layer(model: nn.Module, probe_input: torch.Tensor) -> str:
     a reduction, and nothing inside it is picked (if that leaves nothing, the next one in: AlexNet at
     64 px, whose ``features`` end in a pooling to 1x1). Pooling modules and 1x1 outputs are never picked.
     For a residual network this gives ``layer4``, for torchvision VGG / DenseNet / MobileNet /
-    EfficientNet / SqueezeNet ``features``.
+    EfficientNet / SqueezeNet ``features``. ``events``: ``probe(model, probe_input)`` when already run.
     """
-    events = probe(model, probe_input)
+    events = probe(model, probe_input) if events is None else events
     first: dict[str, _Event] = {}
     for event in events:
         first.setdefault(event.name, event)

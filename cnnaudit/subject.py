@@ -41,6 +41,8 @@ logger = logging.getLogger("cnnaudit")
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 _HOOK_EXTRAS = ("_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs")
 _DEFAULT_PROBE_SIZE = (224, 224)
+_CLASSES_LISTED = 10
+"""An unknown class name lists all class names only up to this many (else close matches and the count)."""
 _UNPICKLER_REASON = re.compile(r"WeightsUnpickler error: ([^\n]*?)(?: was not an allowed global|\.?\s*(?:\n|$))")
 _ANSI_CODE = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -245,6 +247,7 @@ class Subject:
         restored, also when the block raises. Hooks registered inside and not removed are removed
         and reported as a ``RuntimeError`` (a bug in the code that registered them).
         """
+        _check_usable(self.model)  # before anything is changed: a refused model is left exactly as found
         modules = list(self.model.modules())
         training = [m.training for m in modules]
         parameters = list(self.model.parameters())
@@ -357,12 +360,30 @@ class Subject:
         height, width = size or self._probe_size or _DEFAULT_PROBE_SIZE
         return self.prepare(torch.full((1, 3, height, width), 0.5, device=self.device))
 
+    def _probe_events(self, probe_input: torch.Tensor, size: tuple[int, int] | None, hint: str) -> list:
+        """``layers.probe`` (call inside :meth:`audit`); a model failing on the default 224x224 probe says so."""
+        try:
+            return layers_module.probe(self.model, probe_input)
+        except (RuntimeError, ValueError) as error:
+            if size is not None or self._probe_size is not None:
+                raise
+            first = str(error).strip().splitlines()
+            height, width = _DEFAULT_PROBE_SIZE
+            raise ValueError(
+                f"the model failed on the probe image, which is {height}x{width} because no images were seen yet "
+                f"({type(error).__name__}: {first[0] if first else ''}); if the model needs another input size, {hint}"
+            ) from error
+
     @property
     def layer(self) -> str:
         """The default CAM layer's name (``"auto"`` resolved on first use, see the class docstring)."""
         if self._layer is None:
             with self.audit():
-                self._layer = layers_module.auto_layer(self.model, self._probe())
+                probe_input = self._probe()
+                events = self._probe_events(
+                    probe_input, None, "pass Subject(layer=NAME) (names from subject.layers(size=(H, W))), or read "
+                    "subject.layer after a first gradcam() call, which probes at the size of its images")
+                self._layer = layers_module.auto_layer(self.model, probe_input, events)
             logger.info(
                 "layer='auto' picked %r: the last module with a 4-D output before global pooling (%s)",
                 self._layer,
@@ -378,7 +399,9 @@ class Subject:
         shapes are for, e.g. ``(3, 224, 224)``.
         """
         with self.audit():
-            return layers_module.layer_inventory(self.model, self._probe(size))
+            probe_input = self._probe(size)
+            events = self._probe_events(probe_input, size, "pass it: subject.layers(size=(H, W))")
+            return layers_module.layer_inventory(self.model, probe_input, events)
 
     def class_index(self, target: int | str) -> int:
         """Class index of a class name (``Subject(classes=...)``) or a checked class index."""
@@ -393,7 +416,11 @@ class Subject:
                 raise ValueError(f"target {target!r} is a class name, but the subject has no names; pass Subject(classes=[...])")
             if target not in self.classes:
                 close = layers_module.close_matches(target, self.classes)
-                raise ValueError(f"unknown class {target!r}{close}; classes are {self.classes}")
+                if len(self.classes) <= _CLASSES_LISTED:
+                    known = f"classes are {self.classes}"
+                else:
+                    known = f"the subject has {len(self.classes)} classes (Subject(classes=...)), see subject.classes"
+                raise ValueError(f"unknown class {target!r}{close}; {known}")
             return self.classes.index(target)
         raise TypeError(f"a class target must be an int index or a str name, got {type(target).__name__}")
 
@@ -439,12 +466,23 @@ class Subject:
             layer_name = self._layer_for(layer, source) if method == "guided_gradcam" else None
             raw, targets, size = self._cached(
                 ("saliency", method, layer_name), spec, source,
-                lambda: self._run(source, lambda x, start, limit: guided.saliency_batch(self, x, spec, start, method, layer_name)),
+                lambda: self._run(source, lambda x, start, limit: self._saliency_batch(x, spec, start, method, layer_name)),
             )
         return Heatmaps(
             raw, image_size=size, method=method, layer=layer_name or "input", targets=targets, images=_shown(source),
             ids=list(source.ids), subject=self,
         )
+
+    def _saliency_batch(
+        self, x: torch.Tensor, spec: Target, start: int, method: str, layer_name: str | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``guided.saliency_batch``; a failure caused by a forward that cuts the graph (``no_grad`` inside) says so."""
+        try:
+            return guided.saliency_batch(self, x, spec, start, method, layer_name)
+        except ValueError as error:
+            if cam.forward_cuts_graph(self, x):
+                raise ValueError(cam.graph_cut_message("the input image")) from error
+            raise
 
     def maximize(self, layer: str | nn.Module | None, channels: Any = "all", **settings: Any) -> Visualizations:
         """Activation maximisation of this subject's units: ``cnnaudit.maximize.maximize(self, layer, channels,
@@ -529,6 +567,30 @@ class Subject:
             check_value_range(torch.stack(ranges))
         self._probe_size = size
         return Cached(torch.cat(maps), torch.cat(targets).cpu(), size)
+
+
+def _check_usable(model: nn.Module) -> None:
+    """``ValueError`` for a model no gradient can pass through: lazy modules not yet initialised, or
+    parameters / buffers that are inference tensors (the model was built under ``torch.inference_mode()``)."""
+    lazy = [name for name, p in model.named_parameters() if nn.parameter.is_lazy(p)]
+    lazy += [name for name, b in model.named_buffers() if nn.parameter.is_lazy(b)]
+    if lazy:
+        modules = sorted({name.rsplit(".", 1)[0] if "." in name else "(the model)" for name in lazy})
+        raise ValueError(
+            f"the model has lazy modules that are not initialised yet ({', '.join(map(repr, modules[:3]))}"
+            f"{f' and {len(modules) - 3} more' if len(modules) > 3 else ''}): nn.LazyConv2d / nn.LazyLinear create "
+            "their parameters in the first forward pass; run the model once on a real input first "
+            "(with torch.no_grad(): model(x), x a batch of the size you audit)"
+        )
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    inference = [name for name, t in tensors if t.is_inference()]
+    if inference:
+        raise ValueError(
+            f"the model holds inference tensors ({len(inference)} of its {len(tensors)} parameters and buffers, e.g. "
+            f"{inference[0]!r}): it was built or loaded under torch.inference_mode(), and no gradient can pass through "
+            "them; build the model outside inference_mode, or audit model = copy.deepcopy(model) (a copy made outside "
+            "inference_mode holds ordinary tensors). The model was left unchanged"
+        )
 
 
 def _shown(source: ImageSource) -> Any:

@@ -231,3 +231,46 @@ def test_segmentation_callable_target_matches_plain_autograd():
         leaf = model[1](model[0](x[i : i + 1])).detach().requires_grad_()
         (g,) = torch.autograd.grad(score(model[2](leaf)).sum(), leaf)
         torch.testing.assert_close(heatmaps.raw[i], (g[0].mean((1, 2))[:, None, None] * leaf[0]).sum(0).detach())
+
+
+class BackboneUnderNoGrad(nn.Module):
+    """A frozen backbone run under ``no_grad`` (or ``inference_mode``) inside ``forward``: the graph is cut."""
+
+    def __init__(self, mode=torch.no_grad) -> None:
+        super().__init__()
+        self.mode = mode
+        self.backbone = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with self.mode():
+            features = self.backbone(x)
+        return self.head(features.mean((2, 3)))
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_a_forward_cutting_the_graph_is_named_not_blamed_on_the_layer(images16, mode):
+    subject = ca.Subject(BackboneUnderNoGrad(mode), device="cpu")
+    cut = r"the model's forward runs \(part of\) itself under torch\.no_grad\(\) or torch\.inference_mode\(\)"
+    with pytest.raises(ValueError, match=cut + r".*reaches layer 'backbone'.*method='eigencam' or 'scorecam'"):
+        subject.gradcam(images16, target=0)
+    for method in ("guided_backprop", "guided_gradcam"):
+        with pytest.raises(ValueError, match=cut + r".*reaches the input image; [^']*$"):
+            subject.saliency(images16, target=0, method=method)
+    assert subject.gradcam(images16, target=0, method="eigencam").raw.shape == (4, 16, 16)  # the advice works
+
+
+def test_a_layer_off_the_path_is_still_blamed_on_the_layer(images16):
+    class SideBranch(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.unused = nn.Conv2d(3, 4, 3, padding=1)
+            self.head = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.unused(x)
+            return self.head(self.conv(x).mean((2, 3)))
+
+    with pytest.raises(ValueError, match="the recorded layer does not feed the model output"):
+        ca.Subject(SideBranch(), device="cpu").gradcam(images16, target=0, layer="unused")

@@ -609,3 +609,11 @@ def test_the_bias_audit_fails_on_a_model_that_reads_hair(audit_files, people):
     # by hand, nurses: tool 64 px x 1; hair 0.8 per px, 52 px (female) or 20 px (male); doctors: hair only
     expected = {"female": (1.0 + 41.6 / 105.6) / 2, "male": (1.0 + 16 / 80) / 2}
     assert gap.mean == pytest.approx(expected["female"] - expected["male"], abs=1e-5)
+
+
+@pytest.mark.parametrize("single", [np.array(2), np.int32(2), torch.tensor(2), np.array("nurse"), np.str_("nurse")])
+def test_a_0d_array_tensor_or_numpy_scalar_target_is_one_class_for_every_image(subject, images, single):
+    expected = subject.gradcam(images, target=2)
+    got = subject.gradcam(images, target=single)
+    assert got.targets.tolist() == [2] * 5
+    torch.testing.assert_close(got.raw, expected.raw)

@@ -163,3 +163,12 @@ def test_auto_never_picks_a_layer_after_global_pooling_and_a_1x1_map_is_refused(
     assert subject.gradcam(images, target=0).layer == "features"
     with pytest.raises(ValueError, match=r"layer 'classifier' outputs a 1x1 map per channel .* every heatmap would be constant"):
         subject.gradcam(images, target=0, layer="classifier")
+
+
+def test_inventory_and_auto_layer_reuse_a_probe_the_caller_ran(tiny_cnn):
+    from cnnaudit import layers
+
+    x = torch.rand(1, 3, 16, 16)
+    events = layers.probe(tiny_cnn, x)
+    assert str(layers.layer_inventory(tiny_cnn, x, events)) == str(layers.layer_inventory(tiny_cnn, x))
+    assert layers.auto_layer(tiny_cnn, x, events) == layers.auto_layer(tiny_cnn, x) == "features"

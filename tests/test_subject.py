@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -338,3 +339,88 @@ def test_identity_is_rehashed_only_when_the_model_changes(monkeypatch, tiny_cnn)
     assert subject.identity() == second and len(hashed) == 3
     with torch.no_grad():
         tiny_cnn.fc.weight.sub_(1.0)  # restore the session's model
+
+
+# ---- issue 16, item 5: clear errors on the rest ------------------------------------------
+
+
+def test_a_model_built_under_inference_mode_is_refused_and_left_as_found(images16, snapshot, same_state):
+    import copy
+
+    from conftest import TinyCNN
+
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        model = TinyCNN().eval()
+        model.fc.weight.requires_grad_(False)  # a mixed state the refusal must not disturb
+    before = snapshot(model)
+    subject = ca.Subject(model, layer="features.2", device="cpu")
+    for run in (subject.gradcam, subject.saliency, subject.predict):
+        with pytest.raises(ValueError, match=r"inference tensors .*torch\.inference_mode\(\).*copy\.deepcopy\(model\)"):
+            run(images16)
+    with pytest.raises(ValueError, match="inference tensors"):
+        subject.layers()
+    same_state(before, snapshot(model))
+    assert [p.requires_grad for p in model.parameters()] == [True] * 4 + [True, True, False, True]
+    # the advice works: a deep copy made outside inference_mode audits, with the same maps as a fresh build
+    fixed = ca.Subject(copy.deepcopy(model), layer="features.2", device="cpu", cache=False)
+    torch.manual_seed(0)
+    fresh = ca.Subject(TinyCNN().eval(), layer="features.2", device="cpu", cache=False)
+    assert torch.allclose(fixed.gradcam(images16, target=1).raw, fresh.gradcam(images16, target=1).raw)
+
+
+def test_uninitialised_lazy_modules_are_refused_until_one_forward_pass(images16):
+    model = nn.Sequential(nn.LazyConv2d(4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.LazyLinear(2))
+    subject = ca.Subject(model, device="cpu")
+    with pytest.raises(ValueError, match=r"lazy modules that are not initialised yet \('0', '4'\).*run the model once on a real input"):
+        subject.gradcam(images16)
+    with pytest.raises(ValueError, match="lazy modules"):
+        subject.layers()
+    with torch.no_grad():
+        model(images16)
+    assert subject.gradcam(images16, target=1).raw.shape == (4, 16, 16)
+    assert subject.layer == "1"
+
+
+class FixedSize(nn.Module):
+    """Flattens a 16x16 feature map into a linear head: any other input size fails in the head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3, padding=1)
+        self.head = nn.Linear(2 * 16 * 16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.conv(x)).flatten(1))
+
+
+def test_a_fixed_size_model_failing_the_224_px_probe_says_to_pass_a_size(images16):
+    subject = ca.Subject(FixedSize(), device="cpu")
+    with pytest.raises(ValueError, match=r"probe image, which is 224x224 .*mat1 and mat2 .*subject\.layers\(size=\(H, W\)\)"):
+        subject.layers()
+    with pytest.raises(ValueError, match=r"224x224 .*Subject\(layer=NAME\)"):
+        subject.layer
+    assert subject.layers(size=(16, 16))["head"].output_shape == (3,)
+    with pytest.raises(RuntimeError, match="mat1 and mat2"):  # a size the caller chose: the model's own error
+        subject.layers(size=(32, 32))
+    assert subject.gradcam(images16).layer == "conv"  # images give the probe their size
+    with pytest.raises(RuntimeError, match="mat1 and mat2"):
+        subject.layers(size=(8, 8))
+
+
+@pytest.mark.parametrize("target", [np.array(3), np.int64(3), torch.tensor(3), np.array("doctor")])
+def test_a_0d_array_or_numpy_scalar_is_one_class_target(tiny_cnn, images16, target):
+    subject = ca.Subject(tiny_cnn, layer="features.2", device="cpu", classes=["a", "b", "c", "doctor", "e"])
+    assert subject.gradcam(images16, target=target).targets.tolist() == [3, 3, 3, 3]
+
+
+def test_an_unknown_class_name_among_many_lists_close_matches_and_the_count(images16):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 1000))
+    classes = [f"class{i}" for i in range(999)] + ["tabby cat"]
+    subject = ca.Subject(model, device="cpu", classes=classes)
+    with pytest.raises(ValueError) as error:
+        subject.gradcam(images16, target="taby cat")
+    assert str(error.value) == (
+        "unknown class 'taby cat' (did you mean 'tabby cat'?); the subject has 1000 classes (Subject(classes=...)), "
+        "see subject.classes"
+    )

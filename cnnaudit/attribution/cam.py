@@ -149,6 +149,8 @@ def cam_batch(
             output = subject.logits(x)
     A = _feature_map(recording, layer)
     scores, indices = select_scores(target, output, start)
+    if needs_gradient and not output.requires_grad and forward_cuts_graph(subject, x):
+        raise ValueError(graph_cut_message(f"layer {layer!r}"))
     if needs_gradient:
         (dA,) = hooks.gradient(scores, A, output=output)
         return GRADIENT_METHODS[method](A.detach(), dA), indices
@@ -156,6 +158,28 @@ def cam_batch(
         return eigencam(A), indices
     with torch.no_grad():
         return scorecam(A, _masked_scores(subject, x, A, target, indices, limit)), indices
+
+
+def forward_cuts_graph(subject: AuditedModel, x: torch.Tensor) -> bool:
+    """Whether the model output does not depend differentiably on its input at all (one extra forward of one
+    image, for error messages): the forward runs under ``no_grad`` / ``inference_mode`` or detaches its features."""
+    with torch.inference_mode(False), torch.enable_grad():
+        image = x[:1].detach().clone().requires_grad_()
+        output = subject.logits(image)
+    return not (isinstance(output, torch.Tensor) and output.requires_grad)
+
+
+def graph_cut_message(what: str) -> str:
+    """The error for a forward pass that cuts the autograd graph (``what``: ``layer 'name'`` or the input image)."""
+    alternative = ""
+    if what.startswith("layer"):
+        alternative = ", or use a gradient-free method: gradcam(method='eigencam' or 'scorecam')"
+    return (
+        "the model output carries no gradient at all, even from its input: the model's forward runs (part of) "
+        "itself under torch.no_grad() or torch.inference_mode() (or detaches its features), so no gradient reaches "
+        f"{what}; run the audited forward with gradients enabled (e.g. a flag on the model that skips the no_grad "
+        f"block){alternative}"
+    )
 
 
 def _masked_scores(

@@ -3,7 +3,8 @@
 A target is one of
 
 * ``None`` — the predicted class (argmax of the output) of each image;
-* an ``int`` class index or a ``str`` class name (``Subject(classes=...)``), the same for every image;
+* an ``int`` class index or a ``str`` class name (``Subject(classes=...)``), the same for every image
+  (a 0-d numpy array or tensor, or a numpy scalar, counts as one);
 * a sequence (list, tuple, numpy array, 1-D tensor) of indices / names, one per image;
 * a callable ``f(output) -> (B,)`` scores computed differentiably from the model output (after
   the subject's output selector) — e.g. the mean logit of class ``c`` inside a mask for a
@@ -53,8 +54,10 @@ def parse_target(target: Any, n_images: int, class_index: Callable[[int | str], 
         return Target()
     if callable(target) and not isinstance(target, (str, torch.Tensor, np.ndarray)):
         return Target(function=target)
-    if isinstance(target, (str, int, np.integer)) or (isinstance(target, torch.Tensor) and target.ndim == 0):
-        index = class_index(target.item() if isinstance(target, torch.Tensor) else target)
+    if isinstance(target, (np.ndarray, np.generic, torch.Tensor)) and target.ndim == 0:
+        target = target.item()  # a 0-d array / tensor or a numpy scalar: one class index (or name) for all images
+    if isinstance(target, (str, int)):
+        index = class_index(target)
         return Target(indices=torch.full((n_images,), index, dtype=torch.int64), highest=index)
     if isinstance(target, (list, tuple, np.ndarray, torch.Tensor)):
         values = target.tolist() if isinstance(target, (np.ndarray, torch.Tensor)) else list(target)
