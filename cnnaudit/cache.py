@@ -49,11 +49,13 @@ from cnnaudit.images import source_key
 
 
 class Cached(NamedTuple):
-    """What a request computed: signed raw maps ``(N,h,w)``, class indices ``(N,)`` and the input size."""
+    """What a request computed: signed raw maps ``(N,h,w)``, explained class indices ``(N,)``, the input size and the
+    predicted classes ``(N,)`` (``-1`` where the output is not ``(N, classes)``)."""
 
     raw: torch.Tensor
     targets: torch.Tensor
     size: tuple[int, int]
+    predictions: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,7 @@ class HeatmapCache:
 
 
 def _copy(result: Cached) -> Cached:
-    return Cached(result.raw.clone(), result.targets.clone(), result.size)
+    return Cached(result.raw.clone(), result.targets.clone(), result.size, result.predictions.clone())
 
 
 def request_key(model: nn.Module, preprocess: Callable | None, output: Any, what: tuple[str, str, str | None],

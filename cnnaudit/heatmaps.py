@@ -41,6 +41,7 @@ class Heatmaps:
         images: Any = None,
         ids: Sequence[str] | None = None,
         subject: AuditedModel | None = None,
+        predictions: torch.Tensor | Sequence[int] | None = None,
     ) -> None:
         if raw.ndim != 3:
             raise ValueError(f"raw maps must be shaped (N,h,w), got {tuple(raw.shape)}")
@@ -50,11 +51,14 @@ class Heatmaps:
         self.method = method
         self.layer = layer
         self.targets = torch.as_tensor(targets if targets is not None else [-1] * n, dtype=torch.int64).cpu()
+        self.predictions = torch.as_tensor(predictions if predictions is not None else [-1] * n, dtype=torch.int64).cpu()
+        """The model's predicted class per image (``-1``: not known, or an output that is not ``(N, classes)``)."""
         self.images = images
         self.ids = list(ids) if ids is not None else [str(i) for i in range(n)]
         self.subject = subject
-        if len(self.ids) != n or self.targets.shape != (n,):
-            raise ValueError(f"{n} maps but {len(self.ids)} ids and {tuple(self.targets.shape)} targets")
+        if len(self.ids) != n or self.targets.shape != (n,) or self.predictions.shape != (n,):
+            raise ValueError(f"{n} maps but {len(self.ids)} ids, {tuple(self.targets.shape)} targets and "
+                             f"{tuple(self.predictions.shape)} predictions")
         self.zero = (self.raw.clamp(min=0).flatten(1).amax(dim=1) <= 0).cpu() if n else torch.zeros(0, dtype=torch.bool)
         self._maps: torch.Tensor | None = None
         evidence.notify(self)

@@ -559,21 +559,22 @@ def _heatmap_index(scores: Any, heatmaps: Any) -> Callable[[int], int | None]:
 
 
 def _image_facts(heatmaps: Any, i: int) -> str:
-    """What a caption says about image ``i`` of ``heatmaps``, where known: ``"label doctor · target nurse ·
-    gender=female · pairing=counter"``.
+    """What a caption says about image ``i`` of ``heatmaps``, where known: ``"label doctor · predicted nurse ·
+    target nurse · gender=female · pairing=counter"``.
 
-    The label and the groups come from the ImageSet the maps were computed on; the target is the class the map
-    explains (``Heatmaps.targets``: the predicted class when the audit gave no target; the heatmaps do not say
-    whether it did, so it is called the target). A callable target (``-1``) is not named."""
+    The label and the groups come from the ImageSet the maps were computed on; ``predicted`` is the model's
+    class (``Heatmaps.predictions``), the target the class the map explains (``Heatmaps.targets``). A callable
+    target (``-1``) and an unknown prediction are not named."""
     images = getattr(heatmaps, "images", None)
     facts = []
     labels = getattr(images, "labels", None)
     if labels is not None and i < len(labels) and labels[i] is not None:  # a COCO image of several categories: None
         facts.append(f"label {labels[i]}")
-    target = int(heatmaps.targets[i])
-    if target >= 0:
-        classes = getattr(getattr(heatmaps, "subject", None), "classes", None)
-        facts.append(f"target {classes[target] if classes and target < len(classes) else target}")
+    classes = getattr(getattr(heatmaps, "subject", None), "classes", None)
+    predictions = getattr(heatmaps, "predictions", None)
+    for what, index in (("predicted", -1 if predictions is None else int(predictions[i])), ("target", int(heatmaps.targets[i]))):
+        if index >= 0:
+            facts.append(f"{what} {classes[index] if classes and index < len(classes) else index}")
     groups = getattr(images, "_groups", None)  # ImageSet's group columns (its public face is group(name))
     if isinstance(groups, dict):
         facts += [f"{name}={column[i]}" for name, column in groups.items() if i < len(column)]

@@ -442,13 +442,13 @@ class Subject:
             source = self._source(images)
             spec = parse_target(target, len(source), self.class_index)
             layer_name = self._layer_for(layer, source)
-            raw, targets, size = self._cached(
+            raw, targets, size, predictions = self._cached(
                 ("gradcam", method, layer_name), spec, source,
                 lambda: self._run(source, lambda x, start, limit: cam.cam_batch(self, x, spec, start, layer_name, method, limit)),
             )
         return Heatmaps(
             raw, image_size=size, method=method, layer=layer_name, targets=targets, images=_shown(source),
-            ids=list(source.ids), subject=self,
+            ids=list(source.ids), subject=self, predictions=predictions,
         )
 
     def saliency(
@@ -464,13 +464,13 @@ class Subject:
             source = self._source(images)
             spec = parse_target(target, len(source), self.class_index)
             layer_name = self._layer_for(layer, source) if method == "guided_gradcam" else None
-            raw, targets, size = self._cached(
+            raw, targets, size, predictions = self._cached(
                 ("saliency", method, layer_name), spec, source,
                 lambda: self._run(source, lambda x, start, limit: self._saliency_batch(x, spec, start, method, layer_name)),
             )
         return Heatmaps(
             raw, image_size=size, method=method, layer=layer_name or "input", targets=targets, images=_shown(source),
-            ids=list(source.ids), subject=self,
+            ids=list(source.ids), subject=self, predictions=predictions,
         )
 
     def _saliency_batch(
@@ -526,7 +526,8 @@ class Subject:
         return self.layer
 
     def _run(self, source: ImageSource, work: BatchWork) -> Cached:
-        """Run ``work(x, start, limit)`` over ``images`` (call inside :meth:`audit`); concatenate maps and targets.
+        """Run ``work(x, start, limit)`` over ``images`` (call inside :meth:`audit`); concatenate maps, targets and
+        predictions.
 
         At most ``limit`` (initially ``batch_size``) images go through the model at once; on CUDA
         out-of-memory the chunk is retried with half as many, and the smaller limit is kept.
@@ -534,7 +535,7 @@ class Subject:
         the device and checked once at the end, with the explained classes.
         """
         maps: list[torch.Tensor] = []
-        targets: list[torch.Tensor] = []
+        classes: list[torch.Tensor] = []  # per batch (2, B): explained and predicted classes
         ranges: list[torch.Tensor] = []
         check = isinstance(source, TensorImages)  # ImageSet images were checked when loaded
         size = (0, 0)
@@ -561,12 +562,13 @@ class Subject:
                         torch.cuda.empty_cache()
                     continue
                 maps.append(result[0])
-                targets.append(result[1])
+                classes.append(torch.stack(result[1:3]))
                 offset += chunk.shape[0]
         if ranges:
             check_value_range(torch.stack(ranges))
         self._probe_size = size
-        return Cached(torch.cat(maps), torch.cat(targets).cpu(), size)
+        targets, predictions = torch.cat(classes, dim=1).cpu()  # one host read for both
+        return Cached(torch.cat(maps), targets, size, predictions)
 
 
 def _check_usable(model: nn.Module) -> None:

@@ -254,7 +254,7 @@ def test_grid_labels_and_marks_are_drawn_on_enlarged_tiles() -> None:
         render.grid(tiles, labels=["1"])
 
 
-def test_overlay_captions_give_label_target_and_groups(tmp_path: Path) -> None:
+def test_overlay_captions_give_label_prediction_target_and_groups(tmp_path: Path) -> None:
     from cnnaudit import Subject
     from cnnaudit.data import ImageSet
 
@@ -274,21 +274,24 @@ def test_overlay_captions_give_label_target_and_groups(tmp_path: Path) -> None:
         predicted = subject.gradcam(people[3:])  # target=None: the class each image is predicted as
     out = recorder.finish()
     first, second = out["heatmaps"]
+    names = ["doctor", "nurse"]
+    predicted_as = [names[c] for c in subject.logits(people.tensor()).argmax(dim=1).tolist()]  # the model's own classes
     assert [i["caption"] for i in first["images"][:2]] == [
-        "gradcam · label doctor · target nurse · gender=female · pairing=counter",
-        "gradcam · label nurse · target doctor · gender=male · pairing=counter",
+        f"gradcam · label doctor · predicted {predicted_as[0]} · target nurse · gender=female · pairing=counter",
+        f"gradcam · label nurse · predicted {predicted_as[1]} · target doctor · gender=male · pairing=counter",
     ]
-    assert first["images"][5]["short"] == "label nurse · target nurse · gender=male · pairing=stereotyped"  # the card says gradcam
-    classes = subject.logits(people[3:].tensor()).argmax(dim=1).tolist()
+    assert first["images"][5]["short"] == (  # the card says gradcam
+        f"label nurse · predicted {predicted_as[5]} · target nurse · gender=male · pairing=stereotyped")
+    # target=None: the map explains the predicted class
     assert [i["caption"] for i in second["images"]] == [
-        f"gradcam · label {people.labels[3 + k]} · target {['doctor', 'nurse'][c]} · gender={['male', 'female'][k % 2]}"
-        " · pairing=stereotyped" for k, c in enumerate(classes)]
+        f"gradcam · label {people.labels[3 + k]} · predicted {c} · target {c} · gender={['male', 'female'][k % 2]}"
+        " · pairing=stereotyped" for k, c in enumerate(predicted_as[3:])]
     # extremes: the value, then the same facts of the image it belongs to (a where() subset: via its index)
     whole, subset = out["scores"][0], out["scores"][1]
     lowest = int(np.nanargmin(mass.values))
     assert whole["images"]["lowest"][0]["title"] == f"p{lowest}"
     assert whole["images"]["lowest"][0]["caption"] == (
-        f"mass_in(box) = {mass.values[lowest]:.3g} · label {people.labels[lowest]} · target "
+        f"mass_in(box) = {mass.values[lowest]:.3g} · label {people.labels[lowest]} · predicted {predicted_as[lowest]} · target "
         f"{['nurse', 'doctor', 'doctor', 'nurse', 'nurse', 'nurse'][lowest]} · gender={['female', 'male'][lowest % 2]}"
         f" · pairing={'counter' if lowest < 3 else 'stereotyped'}")
     assert whole["images"]["lowest"][0]["short"] == whole["images"]["lowest"][0]["caption"].removeprefix("mass_in(box) = ")
@@ -324,7 +327,8 @@ def test_a_sanity_check_is_recorded_as_a_curve_per_layer_with_its_randomised_map
         rho = stats.spearmanr(check.source["heatmaps"].raw[0].flatten(), randomised[k].flatten()).statistic
         assert rho == pytest.approx(correlations[k, 0], abs=1e-12)
     cascade = summary["images"]["cascade"]
-    assert [i["caption"] for i in cascade] == ["original · label a · target 0"] + [
+    first_prediction = int(check.source["heatmaps"].predictions[0])
+    assert [i["caption"] for i in cascade] == [f"original · label a · predicted {first_prediction} · target 0"] + [
         f"step {k + 1}: {name} randomised, ρ = {correlations[k, 0]:.2f} with the original map"
         for k, name in enumerate(["8", "4", "2", "0"])]
     assert [i["short"] for i in cascade][1:] == [f"ρ = {correlations[k, 0]:.2f} · {k + 1}. {name}"

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnaudit import hooks
-from cnnaudit.attribution.targets import Target, score_rows, select_scores
+from cnnaudit.attribution.targets import Target, predicted, score_rows, select_scores
 from cnnaudit.engine import AuditedModel
 
 
@@ -137,8 +137,9 @@ def _feature_map(recording: hooks.Recording, layer: str) -> torch.Tensor:
 
 def cam_batch(
     subject: AuditedModel, x: torch.Tensor, target: Target, start: int, layer: str, method: str, limit: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Signed maps ``(B,h,w)`` and explained class indices ``(B,)`` for the images ``x`` (on the device).
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Signed maps ``(B,h,w)``, explained class indices ``(B,)`` and predicted classes ``(B,)`` (``-1`` for an
+    output that is not ``(N, classes)``) for the images ``x`` (on the device).
 
     Call inside ``subject.audit()``. ``start`` is the batch's offset in the full image set (for
     per-image targets); ``limit`` caps the images in one forward pass (Score-CAM's masked inputs).
@@ -149,15 +150,16 @@ def cam_batch(
             output = subject.logits(x)
     A = _feature_map(recording, layer)
     scores, indices = select_scores(target, output, start)
+    predictions = predicted(output)
     if needs_gradient and not output.requires_grad and forward_cuts_graph(subject, x):
         raise ValueError(graph_cut_message(f"layer {layer!r}"))
     if needs_gradient:
         (dA,) = hooks.gradient(scores, A, output=output)
-        return GRADIENT_METHODS[method](A.detach(), dA), indices
+        return GRADIENT_METHODS[method](A.detach(), dA), indices, predictions
     if method == "eigencam":
-        return eigencam(A), indices
+        return eigencam(A), indices, predictions
     with torch.no_grad():
-        return scorecam(A, _masked_scores(subject, x, A, target, indices, limit)), indices
+        return scorecam(A, _masked_scores(subject, x, A, target, indices, limit)), indices, predictions
 
 
 def forward_cuts_graph(subject: AuditedModel, x: torch.Tensor) -> bool:

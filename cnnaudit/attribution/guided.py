@@ -37,7 +37,7 @@ from torch import nn
 
 from cnnaudit import hooks
 from cnnaudit.attribution.cam import cam_batch
-from cnnaudit.attribution.targets import Target, select_scores
+from cnnaudit.attribution.targets import Target, predicted, select_scores
 from cnnaudit.engine import AuditedModel
 from cnnaudit.relu_mode import ReLUMode
 
@@ -141,8 +141,9 @@ def _check_relus_seen(model: nn.Module, mode: RectifierRule) -> None:
 
 def saliency_batch(
     subject: AuditedModel, x: torch.Tensor, target: Target, start: int, method: str, layer: str | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Maps ``(B,H,W)`` and explained class indices ``(B,)`` for the images ``x`` (call inside ``subject.audit()``)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Maps ``(B,H,W)``, explained class indices ``(B,)`` and predicted classes ``(B,)`` for the images ``x``
+    (call inside ``subject.audit()``)."""
     _check_scriptless(subject.model)
     image = x.detach().requires_grad_()
     mode = RectifierRule(_RULES[method])
@@ -154,6 +155,6 @@ def saliency_batch(
     raw = gradient.abs().amax(dim=1)
     if method == "guided_gradcam":
         assert layer is not None
-        cam, _ = cam_batch(subject, x, target, start, layer, "gradcam", x.shape[0])
+        cam, _, _ = cam_batch(subject, x, target, start, layer, "gradcam", x.shape[0])
         raw = raw * F.interpolate(cam.clamp(min=0)[:, None], size=raw.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    return raw, indices
+    return raw, indices, predicted(output)

@@ -97,6 +97,13 @@ def select_scores(target: Target, output: torch.Tensor, start: int) -> tuple[tor
     return output.gather(1, indices[:, None])[:, 0], indices
 
 
+def predicted(output: torch.Tensor) -> torch.Tensor:
+    """The predicted class of each row ``(B,)`` (argmax of a ``(N, classes)`` output; ``-1`` for other outputs), on the device."""
+    if output.ndim != 2:
+        return torch.full((output.shape[0],), -1, dtype=torch.int64, device=output.device)
+    return output.detach().argmax(dim=1)
+
+
 def score_rows(function: ScoreFunction, output: torch.Tensor) -> torch.Tensor:
     """``function(output)``, checked to be a 1-D tensor with one score per row of ``output`` (see the module docstring)."""
     rows = output.shape[0]
