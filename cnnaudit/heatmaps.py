@@ -50,8 +50,8 @@ class Heatmaps:
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.method = method
         self.layer = layer
-        self.targets = torch.as_tensor(targets if targets is not None else [-1] * n, dtype=torch.int64).cpu()
-        self.predictions = torch.as_tensor(predictions if predictions is not None else [-1] * n, dtype=torch.int64).cpu()
+        self.targets = _on_host(targets, n)
+        self.predictions = _on_host(predictions, n)
         """The model's predicted class per image (``-1``: not known, or an output that is not ``(N, classes)``)."""
         self.images = images
         self.ids = list(ids) if ids is not None else [str(i) for i in range(n)]
@@ -151,3 +151,9 @@ class Heatmaps:
                   substrate: Any = metrics.INSERTION_SUBSTRATE) -> "Scores":
         """RISE insertion AUC, higher is better (see :func:`cnnaudit.metrics.insertion`)."""
         return metrics.insertion(self, subject, steps=steps, substrate=substrate)
+
+
+def _on_host(classes: torch.Tensor | Sequence[int] | None, n: int) -> torch.Tensor:
+    """Class indices as an int64 CPU tensor (``-1`` each when ``None``); a CPU tensor is not copied or read again."""
+    tensor = torch.as_tensor(classes if classes is not None else [-1] * n, dtype=torch.int64)
+    return tensor if tensor.device.type == "cpu" else tensor.cpu()

@@ -73,8 +73,8 @@ def test_host_reads_per_call_do_not_grow_with_batches(tiny_cnn, explain, target)
         with host_reads() as calls:
             explain(subject, x, target)
         counts[batch_size] = calls
-    # per call: the value range (tolist), the explained classes, Heatmaps' targets and zero flags (cpu)
-    assert counts[2] == counts[12] and len(counts[12]) <= 4, counts
+    # per call: the value range (tolist), the explained and predicted classes together, Heatmaps' zero flags (cpu)
+    assert counts[2] == counts[12] and len(counts[12]) <= 3, counts
 
 
 @pytest.mark.parametrize("metric", ["mass_in", "enrichment", "pointing_game", "rank_accuracy"])
