@@ -222,6 +222,7 @@ class EvidenceRecorder:
     def _comparison_summary(self, key: str, diff: Any, side_keys: tuple[str | None, str | None]) -> dict:
         summary = {"key": key, **summarize_difference(diff)}
         summary["a"]["key"], summary["b"]["key"] = side_keys
+        summary["b"]["baseline"] = _is_stored((getattr(diff, "sides", None) or (None, None))[1])
         summary["changes"] = self._changes.pop(key, [])
         summary["histogram"] = paired_histogram(diff.a, diff.b) if diff.paired else None
         return summary
@@ -232,9 +233,9 @@ class EvidenceRecorder:
         the difference of the two maps (each scaled to its own maximum, as the overlays show them)."""
         sides = getattr(diff, "sides", None) or (None, None)
         sources = [(getattr(side, "source", None) or {}).get("heatmaps") for side in sides]
-        if not diff.paired or diff.ids is None or None in sources or self.image_dir is None:
+        if not diff.paired or diff.ids is None or self.image_dir is None:
             return []
-        if any(h.images is None for h in sources):
+        if any(h is None or h.images is None for h in sources):
             return []
         for heatmaps in sources:
             self._note_subject(getattr(heatmaps, "subject", None))

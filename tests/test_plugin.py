@@ -801,6 +801,7 @@ def test_a_markdown_summary_lists_failed_gates_first_and_goes_to_the_github_step
     (gap,) = by_name(doc)["test_paired_gate"]["evidence"]["comparisons"]
     assert gap["key"] == "mass_in(box) \u2212 baseline(mass_in(box))" and gap["paired"] and gap["n"] == 6
     assert gap["unmatched"] == [0, 0] and gap["mean"] == 0 and gap["thresholds"][0]["holds"] is True
+    assert gap["b"]["baseline"] is True and gap["a"].get("baseline") is None
     assert doc["correction"] == {"method": "bh", "name": "Benjamini-Hochberg", "m": 1} and gap["p_adjusted"] == 1.0
     assert "✓ `mass_in(box) − baseline(mass_in(box))`: `ci().low` = 0 >= -0.02" in text
     assert step.read_text().startswith("earlier step\n## cnnaudit: FAIL")  # appended, the earlier step kept

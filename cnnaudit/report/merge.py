@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 
 from cnnaudit import baseline as baseline_file
-from cnnaudit.report import FORMAT, document, write_html, write_json
+from cnnaudit.report import FORMAT, all_images, document, write_html, write_json
 from cnnaudit.report.folder import ReportFolder
 from cnnaudit.results import RunResults
 
@@ -60,7 +60,7 @@ def merge_reports(shards: list[Path], *, report: Path | None, json_path: Path | 
     run_dir = folder.claim()
     try:
         for path, doc in docs:
-            _copy_images(path, doc, entries=[e for e in doc["tests"]], into=run_dir)
+            _copy_images(path, doc, into=run_dir)
         results = RunResults()
         results.finished = entries
         counts = [doc.get("collected") for _, doc in docs]
@@ -128,14 +128,12 @@ def _problems(docs: list[tuple[Path, dict]], expected_shards: int | None) -> lis
     return problems
 
 
-def _copy_images(path: Path, doc: dict, entries: list[dict], into: Path) -> None:
+def _copy_images(path: Path, doc: dict, into: Path) -> None:
     """Copy the images the shard's entries name from its image folder (relative to its JSON) into ``into``."""
     if not doc.get("images_dir"):
         return
     source = (path.parent / doc["images_dir"]).resolve()
-    from cnnaudit.report import all_images
-
-    for entry in entries:
+    for entry in doc["tests"]:
         for image in all_images(entry["evidence"]):
             for name in {image["file"], image["thumb"]}:
                 if (source / name).is_file():

@@ -26,14 +26,14 @@ def key_gate(evidence: dict | None) -> dict | None:
 def change(evidence: dict | None, gate: dict | None) -> dict | None:
     """The change against the baseline of what ``gate`` gated: ``{value, good}``, where ``good`` says whether the
     change goes the way the test's gates on it want (``None``: they say no direction). For a Scores, its mean
-    minus the baseline's; for a comparison with a ``baseline(...)`` side, its mean difference."""
+    minus the baseline's; for a comparison whose b side is a stored baseline, its mean difference."""
     if not evidence or gate is None:
         return None
     if gate["kind"] == "scores":
         summary = next((s for s in evidence["scores"] if s["key"] == gate["key"]), None)
         value = None if summary is None else summary.get("delta_mean")
-    elif gate["kind"] == "comparison" and "baseline(" in gate["key"]:
-        value = next((d["mean"] for d in evidence["comparisons"] if d["key"] == gate["key"]), None)
+    elif gate["kind"] == "comparison":  # a change against the baseline when its b side was read from one
+        value = next((d["mean"] for d in evidence["comparisons"] if d["key"] == gate["key"] and d["b"].get("baseline")), None)
     else:
         value = None
     if value is None:
