@@ -33,8 +33,9 @@ _EXPORTS = {
     "deepdream": "cnnaudit.views",
 }
 
-# subpackages reachable as attributes without an import of their own (``ca.demo.make_people(...)``)
-_SUBPACKAGES = ("demo",)
+# subpackages / modules reachable as attributes without an import of their own (``ca.demo.make_people(...)``,
+# ``ca.targets.detection(...)``)
+_SUBPACKAGES = ("demo", "targets")
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 

@@ -9,11 +9,13 @@ calls. The key names everything the maps depend on:
   (optimiser steps, ``load_state_dict``, ``reset_parameters``, ``p.mul_(2)`` under ``no_grad``); a
   replaced tensor has another storage. An entry keeps the tensors its key names alive, so no new
   tensor can reuse their addresses while it exists.
-* the subject's ``preprocess`` and ``output`` selector (by identity);
+* the subject's ``preprocess``, ``output`` selector and the layer's ``reshape`` (by identity);
 * what was asked: ``gradcam`` / ``saliency``, the method and the layer;
 * the target: the predicted class or the class indices (by value). Requests with a callable
   target are never cached: a callable is only known by identity, and a closure whose captured
   data changed (a mask, a threshold) is the same object, so its old maps would come back stale;
+  nor are requests with a ``cnnaudit.targets`` target (their masks and boxes may be tensors changed
+  in place, or an ImageSet's regions);
 * the images: a tensor by identity, version counter, address, shape, strides, dtype and device; a
   numpy array by content (SHA-1 of its bytes); a list by its items; an ``ImageSet`` by its
   ``size`` and its sources (file paths by value, loaders and in-memory images by identity and
@@ -49,13 +51,15 @@ from cnnaudit.images import source_key
 
 
 class Cached(NamedTuple):
-    """What a request computed: signed raw maps ``(N,h,w)``, explained class indices ``(N,)``, the input size and the
-    predicted classes ``(N,)`` (``-1`` where the output is not ``(N, classes)``)."""
+    """What a request computed: signed raw maps ``(N,h,w)``, explained class indices ``(N,)``, the input size, the
+    predicted classes ``(N,)`` (``-1`` where the output is not ``(N, classes)``) and how the CAM layer's output was
+    read (``"tokens 14x14 +1"``; ``None``: as ``(N,C,h,w)``, or no layer)."""
 
     raw: torch.Tensor
     targets: torch.Tensor
     size: tuple[int, int]
     predictions: torch.Tensor
+    layout: str | None = None
 
 
 @dataclass(frozen=True)
@@ -130,13 +134,14 @@ class HeatmapCache:
 
 
 def _copy(result: Cached) -> Cached:
-    return Cached(result.raw.clone(), result.targets.clone(), result.size, result.predictions.clone())
+    return Cached(result.raw.clone(), result.targets.clone(), result.size, result.predictions.clone(), result.layout)
 
 
 def request_key(model: nn.Module, preprocess: Callable | None, output: Any, what: tuple[str, str, str | None],
-                target: Target, images: Any) -> Key | None:
+                target: Target, images: Any, reshape: Callable | None = None) -> Key | None:
     """The key of ``what`` = (kind, method, layer) for ``target`` and ``images`` as the caller passed them, with
-    ``model`` (its state), ``preprocess`` and the ``output`` selector as the subject holds them; ``None`` if uncacheable."""
+    ``model`` (its state), ``preprocess``, the ``output`` selector and the layer's ``reshape`` as the subject holds
+    them; ``None`` if uncacheable."""
     tensors = list(chain(model.parameters(), model.buffers()))
     tensors += attribute_tensors(model, {id(t) for t in tensors})
     image_key, target_value = source_key(images), _target_key(target)
@@ -144,8 +149,8 @@ def request_key(model: nn.Module, preprocess: Callable | None, output: Any, what
         return None
     image_value, image_pins = image_key
     model_value = tuple((t.data_ptr(), t._version) for t in tensors)
-    value = (what, id(model), model_value, id(preprocess), id(output), target_value, image_value)
-    return Key(value, (model, *tensors, preprocess, output, *image_pins))
+    value = (what, id(model), model_value, id(preprocess), id(output), id(reshape), target_value, image_value)
+    return Key(value, (model, *tensors, preprocess, output, reshape, *image_pins))
 
 
 _MODULE_STATE = frozenset({"_parameters", "_buffers", "_modules"})
@@ -180,7 +185,7 @@ def attribute_tensors(model: nn.Module, known: set[int] | None = None) -> list[t
 
 def _target_key(target: Target) -> Hashable | None:
     """How the target is named in a key; ``None`` for a callable (see the module docstring)."""
-    if target.function is not None:
+    if target.function is not None or target.per_image is not None:
         return None
     if target.indices is None:
         return ("predicted",)

@@ -1,6 +1,6 @@
 """``ImageSet``: images with labels, named regions, groups and ids, loaded lazily.
 
-Images are kept as *sources*: an in-memory ``(3,H,W)`` tensor, a file path, or a zero-argument
+Images are kept as *sources*: an in-memory ``(C,H,W)`` tensor, a file path, or a zero-argument
 loader returning anything :func:`cnnaudit.images.as_batch` accepts for one image. Files and loaders
 are read only by :meth:`ImageSet.batches`, :meth:`ImageSet.tensor` and integer indexing, so a set of
 10,000 images costs a list of paths, not 10,000 decoded images. ``size=(H, W)`` resizes every image
@@ -8,6 +8,13 @@ on load (bilinear, antialiased, ``align_corners=False``) and scales its regions 
 
 Region coordinates given to ``ImageSet`` are in each image's own pixels as stored (before
 ``size=``). A ``Regions`` object passed instead carries its own frames.
+
+Channels: the images of one set share one channel count ``C`` (an image that differs is an error
+naming it and the image that set the count). Files are read as RGB (3 channels, as stored colour
+or grey repeated) unless ``channels=`` says otherwise: ``channels=1`` reads them as grey (PIL's
+``L``: ``0.299 R + 0.587 G + 0.114 B``; 16- and 32-bit grey scaled by their bit depth), ``4`` as
+RGBA. Other channel counts come from in-memory images or loaders (a zero-argument function
+returning ``(C,H,W)``); with ``channels=`` given, those are checked to have it.
 
 Folder layout for :meth:`ImageSet.from_folder` — ``annotations.json`` next to the images::
 
@@ -55,6 +62,8 @@ from cnnaudit.images import Key, as_batch, tensor_key
 from cnnaudit.regions import Regions, Size, _parse_entry, _positions, unknown_name
 
 Source = Union[torch.Tensor, str, Callable[[], Any]]
+_FILE_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+"""How files are read for each ``channels=`` (PIL modes); ``None`` reads RGB."""
 
 
 class ImageSet:
@@ -64,6 +73,8 @@ class ImageSet:
     loaders or in-memory images. ``labels``: one per image. ``regions``: ``{name: per-image entries
     (see Regions) | bool (N,H,W) masks | Regions}``. ``groups``: ``{name: one value per image}``.
     ``ids``: unique strings (default ``"0"``, ``"1"``, ...). ``size``: ``(H, W)`` to resize to on load.
+    ``channels``: the channel count every image must have, and how files are read (module docstring);
+    ``None``: files as RGB, other images as they are.
     """
 
     def __init__(
@@ -74,12 +85,23 @@ class ImageSet:
         groups: dict[str, Sequence[Any]] | None = None,
         ids: Sequence[Any] | None = None,
         size: Size | None = None,
+        channels: int | None = None,
     ) -> None:
         if size is not None and not (isinstance(size, (tuple, list)) and len(size) == 2
                                      and all(isinstance(v, (int, np.integer)) and v > 0 for v in size)):
             raise ValueError(f"ImageSet(size={size!r}): size is the (H, W) to resize every image to, two positive integers")
         self.size: Size | None = None if size is None else (int(size[0]), int(size[1]))
+        if channels is not None and (isinstance(channels, bool) or not isinstance(channels, (int, np.integer))
+                                     or channels < 1):
+            raise ValueError(f"ImageSet(channels={channels!r}): channels is the number of channels every image has, "
+                             "a positive integer")
+        self.channels: int | None = None if channels is None else int(channels)
         self._sources, self._frames = _sources(images, self.size)
+        files = any(isinstance(source, str) for source in self._sources)
+        if self.channels is not None and self.channels not in _FILE_MODES and files:
+            raise ValueError(f"ImageSet(channels={self.channels}): files load with 1, 3 or 4 channels (grey, RGB, RGBA); "
+                             "load other channel counts with loaders, zero-argument functions returning (C,H,W) arrays")
+        self._first_channels: tuple[int, str] | None = None  # (C, id of the image that set it)
         n = len(self._sources)
         self.labels: np.ndarray | None = None if labels is None else _column(labels, n, "labels", as_object=True)
         self._groups = {str(k): _column(v, n, f"group {k!r}") for k, v in (groups or {}).items()}
@@ -99,12 +121,16 @@ class ImageSet:
             raise ValueError(f"{len(self.ids)} ids for {n} images")
         if len(set(self.ids)) != n:
             raise ValueError("ids must be unique")
+        for i, source in enumerate(self._sources):
+            if isinstance(source, torch.Tensor):
+                self._check_channels(i, source)
 
     # ---- loaders --------------------------------------------------------------------------
     @classmethod
     def from_folder(cls, path: str | os.PathLike, size: Size | None = None, annotations: str = "annotations.json",
-                    *, allow_outside: bool = False) -> ImageSet:
+                    *, allow_outside: bool = False, channels: int | None = None) -> ImageSet:
         """Images of a folder described by its JSON annotation file (format in the module docstring).
+        ``channels=1`` reads the images as grey, ``4`` as RGBA (default: RGB).
 
         Image and mask paths must stay inside the folder (after ``..`` and symbolic links are
         resolved) unless ``allow_outside=True``: annotations from elsewhere cannot make an audit read
@@ -141,6 +167,7 @@ class ImageSet:
             groups={name: [r.get("groups", {}).get(name) for r in records] for name in group_names},
             ids=[r.get("id", Path(r["file"]).stem) for r in records],
             size=size,
+            channels=channels,
         )
         out._frames = [(int(r["size"][0]), int(r["size"][1])) if "size" in r else None for r in records]
         return out
@@ -155,6 +182,7 @@ class ImageSet:
         *,
         shapes: str = "boxes",
         allow_outside: bool = False,
+        channels: int | None = None,
     ) -> ImageSet:
         """Images of a COCO-style detection file; each category becomes a named region.
 
@@ -173,9 +201,10 @@ class ImageSet:
         the image ids. ``file_name`` is relative to ``image_dir``, by default the JSON file's folder;
         file names must stay inside it unless ``allow_outside=True`` (see :meth:`from_folder`).
         Image ids, category ids and names must be unique, and every annotation's image and category
-        known; errors name the file and the record.
+        known; errors name the file and the record. ``channels`` as in :meth:`from_folder`.
         """
-        return cls._from_loaded(read_coco(json_path, image_dir, groups, shapes, allow_outside=allow_outside), size)
+        loaded = read_coco(json_path, image_dir, groups, shapes, allow_outside=allow_outside)
+        return cls._from_loaded(loaded, size, channels)
 
     @classmethod
     def from_voc(
@@ -187,6 +216,7 @@ class ImageSet:
         *,
         classes: Sequence[str] | None = None,
         allow_outside: bool = False,
+        channels: int | None = None,
     ) -> ImageSet:
         """Images described by Pascal VOC XML files, one per image (``<annotation><filename>``,
         optional ``<size>``, ``<object><name>`` with ``<bndbox>`` xmin/ymin/xmax/ymax).
@@ -200,9 +230,10 @@ class ImageSet:
         ``allow_outside=True``. ``classes``: the allowed object names (an unknown one is an error).
         ``groups``: element paths under ``<annotation>`` whose text becomes a group. Documents with
         a DTD or entities are refused. Format and checks: :func:`cnnaudit.annotations.read_voc`.
+        ``channels`` as in :meth:`from_folder`.
         """
         loaded = read_voc(xml_dir, image_dir, groups, classes, allow_outside=allow_outside)
-        return cls._from_loaded(loaded, size)
+        return cls._from_loaded(loaded, size, channels)
 
     @classmethod
     def from_masks(
@@ -214,6 +245,7 @@ class ImageSet:
         *,
         mask_suffix: str = ".png",
         allow_outside: bool = False,
+        channels: int | None = None,
     ) -> ImageSet:
         """Images with class-index segmentation masks: ``mask_dir/<stem><mask_suffix>`` (a
         single-channel PNG: grey values or palette indices) for each image ``image_dir/<stem>.*``.
@@ -224,14 +256,16 @@ class ImageSet:
         ``None`` when its mask has none, as in :meth:`from_coco`; labels as there too. Ids: the
         stems. Every mask is read once here to check it (its image's size exactly, no value missing
         from ``classes``, an image for every mask); regions read it again lazily, images are read
-        only when used. Format and checks: :func:`cnnaudit.annotations.read_masks`.
+        only when used. Format and checks: :func:`cnnaudit.annotations.read_masks`. ``channels`` as in
+        :meth:`from_folder`.
         """
         loaded = read_masks(image_dir, mask_dir, classes, mask_suffix=mask_suffix, allow_outside=allow_outside)
-        return cls._from_loaded(loaded, size)
+        return cls._from_loaded(loaded, size, channels)
 
     @classmethod
-    def _from_loaded(cls, loaded: Loaded, size: Size | None) -> ImageSet:
-        out = cls(loaded.sources, labels=loaded.labels, regions=loaded.regions, groups=loaded.groups, ids=loaded.ids, size=size)
+    def _from_loaded(cls, loaded: Loaded, size: Size | None, channels: int | None) -> ImageSet:
+        out = cls(loaded.sources, labels=loaded.labels, regions=loaded.regions, groups=loaded.groups, ids=loaded.ids,
+                  size=size, channels=channels)
         out._frames = list(loaded.frames)
         return out
 
@@ -240,7 +274,7 @@ class ImageSet:
         return len(self._sources)
 
     def __getitem__(self, index: Any) -> Any:
-        """``s[i]`` -> float ``(3,H,W)`` image ``i`` (loaded); ``s[slice | int array | bool mask]`` -> ``ImageSet``."""
+        """``s[i]`` -> float ``(C,H,W)`` image ``i`` (loaded); ``s[slice | int array | bool mask]`` -> ``ImageSet``."""
         if isinstance(index, (int, np.integer)):
             return self._load(int(index))
         return self._take(_positions(index, len(self)))
@@ -254,6 +288,7 @@ class ImageSet:
     def _take(self, positions: np.ndarray) -> ImageSet:
         out = ImageSet.__new__(ImageSet)
         out.size = self.size
+        out.channels, out._first_channels = self.channels, self._first_channels
         out._sources = [self._sources[p] for p in positions]
         out._frames = [self._frames[p] for p in positions]
         out.labels = None if self.labels is None else self.labels[positions]
@@ -334,19 +369,19 @@ class ImageSet:
         return self._frames[0]  # type: ignore[return-value]
 
     def tensor(self) -> torch.Tensor:
-        """All images as float32 ``(N,3,H,W)`` in ``[0,1]`` on the CPU."""
+        """All images as float32 ``(N,C,H,W)`` in ``[0,1]`` on the CPU."""
         if not len(self):
             raise ValueError("the ImageSet is empty")
         return _stack([self._load(i) for i in range(len(self))], self.ids)
 
     def cache_key(self) -> Key | None:
-        """How a cache names this set: its ``size`` and its sources (paths by value; loaders and in-memory
+        """How a cache names this set: its ``size``, ``channels`` and its sources (paths by value; loaders and in-memory
         images by identity, tensors also by version); ``None`` for an inference-mode tensor source."""
         parts = [source if isinstance(source, str) else tensor_key(source) if isinstance(source, torch.Tensor) else id(source)
                  for source in self._sources]
         if any(part is None for part in parts):
             return None
-        return ("imageset", self.size, tuple(parts)), (tuple(self._sources),)
+        return ("imageset", self.size, self.channels, tuple(parts)), (tuple(self._sources),)
 
     def batches(self, batch_size: int) -> Iterator[tuple[int, torch.Tensor]]:
         """``(start, images[start:start+batch_size])`` as float32 CPU tensors, loading one batch at a time."""
@@ -365,7 +400,7 @@ class ImageSet:
         source = self._sources[i]
         if isinstance(source, torch.Tensor):
             return source
-        image = _read(source, self.ids[i])
+        image = self._check_channels(i, _read(source, self.ids[i], self.channels))
         actual = (int(image.shape[-2]), int(image.shape[-1]))
         declared = self._frames[i]
         if declared is not None and tuple(declared) != actual:
@@ -377,6 +412,23 @@ class ImageSet:
             )
         self._frames[i] = actual
         return image if self.size is None else _resize(image, self.size)
+
+    def _check_channels(self, i: int, image: torch.Tensor) -> torch.Tensor:
+        """``image`` (image ``i``), unless its channel count differs from ``channels`` or from the set's first
+        image's: ``ValueError`` naming both."""
+        count = int(image.shape[0])
+        where = f"image {self.ids[i]!r}" + (f" ({self._sources[i]})" if isinstance(self._sources[i], str) else "")
+        if self.channels is not None and count != self.channels:
+            raise ValueError(f"{where} has {count} channel{'s' * (count != 1)}, but the set was made with "
+                             f"channels={self.channels}; convert it, or pass the channel count it has")
+        if self._first_channels is None:
+            self._first_channels = (count, self.ids[i])
+        elif count != self._first_channels[0]:
+            first, first_id = self._first_channels
+            raise ValueError(f"{where} has {count} channel{'s' * (count != 1)}, image {first_id!r} has {first}; the "
+                             "images of one ImageSet share one channel count: convert them to the count the model "
+                             "takes (e.g. ImageSet(..., channels=1) reads files as grey)")
+        return image
 
     def _original_size(self, i: int) -> Size:
         """Image ``i``'s size before ``size=``: known, from the file header, or by loading it."""
@@ -435,12 +487,12 @@ def _sources(images: Any, size: Size | None) -> tuple[list[Source], list[Size | 
     return sources, frames
 
 
-def _read(source: Source, label: str) -> torch.Tensor:
+def _read(source: Source, label: str, channels: int | None) -> torch.Tensor:
     if isinstance(source, str):
         from PIL import Image
 
         with Image.open(source) as image:
-            batch = as_batch(_pixels(image))
+            batch = as_batch(_pixels(image, 3 if channels is None else channels))
     else:
         try:
             batch = as_batch(source())
@@ -451,14 +503,16 @@ def _read(source: Source, label: str) -> torch.Tensor:
     return batch[0]
 
 
-def _pixels(image: PIL.Image.Image) -> np.ndarray | torch.Tensor:
-    """An opened image as ``as_batch`` input: uint8 RGB, or float RGB in [0, 1] for 16- and 32-bit
-    grey images (``convert("RGB")`` would clip every value above 255), scaled by their bit depth."""
+def _pixels(image: PIL.Image.Image, channels: int) -> np.ndarray | torch.Tensor:
+    """An opened image as ``as_batch`` input with ``channels`` (1, 3 or 4: PIL's ``L``, ``RGB``, ``RGBA``)
+    channels: uint8, or float in [0, 1] for 16- and 32-bit grey images (``convert`` would clip every
+    value above 255), scaled by their bit depth (grey repeated into R, G, B; alpha 1)."""
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         grey = np.asarray(image, dtype=np.float64)
         depth = 65535.0 if image.mode.startswith("I;16") or grey.max(initial=0) <= 65535 else 2.0**32 - 1
-        return torch.from_numpy(np.repeat((grey / depth)[None], 3, axis=0)).float()
-    return np.array(image.convert("RGB"))
+        planes = [grey / depth] * min(channels, 3) + [np.ones_like(grey)] * (channels == 4)
+        return torch.from_numpy(np.stack(planes)).float()
+    return np.array(image.convert(_FILE_MODES[channels]))
 
 
 def _resize(image: torch.Tensor, size: Size) -> torch.Tensor:

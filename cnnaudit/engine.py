@@ -14,6 +14,8 @@ from typing import Any, ContextManager, Iterator, Protocol, Sequence
 import torch
 from torch import nn
 
+from cnnaudit.layouts import Reshape
+
 
 class AuditedModel(Protocol):
     """A model under audit, as the engine sees it."""
@@ -22,6 +24,11 @@ class AuditedModel(Protocol):
     device: torch.device  #: where inputs go
     batch_size: int  #: images per forward pass
     classes: Sequence[str] | None  #: class names, when given
+
+    @property
+    def image_channels(self) -> int:
+        """How many channels the images have (what maximisation makes)."""
+        ...
 
     def audit(self) -> ContextManager[Any]:
         """A block in eval mode with frozen parameters, the model restored afterwards."""
@@ -39,12 +46,17 @@ class AuditedModel(Protocol):
         """Model input for images ``x`` in ``[0,1]`` on the device (the preprocessing)."""
         ...
 
-    def forward(self, model_input: torch.Tensor) -> torch.Tensor:
-        """The selected model output (e.g. logits) for an already prepared input."""
+    def forward(self, model_input: torch.Tensor, *, any_output: bool = False) -> Any:
+        """The selected model output (e.g. logits) for an already prepared input; a tensor, or with
+        ``any_output=True`` and no output selector whatever the model returned (a dict, a list of dicts)."""
         ...
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """``forward(prepare(x))``."""
+    def logits(self, x: torch.Tensor, *, any_output: bool = False) -> Any:
+        """``forward(prepare(x), any_output=any_output)``."""
+        ...
+
+    def reshape_for(self, layer: str) -> Reshape | None:
+        """How the user reads ``layer``'s output as ``(N, C, h, w)``; ``None``: inferred (:mod:`cnnaudit.layouts`)."""
         ...
 
 

@@ -42,6 +42,7 @@ class Heatmaps:
         ids: Sequence[str] | None = None,
         subject: AuditedModel | None = None,
         predictions: torch.Tensor | Sequence[int] | None = None,
+        layout: str | None = None,
     ) -> None:
         if raw.ndim != 3:
             raise ValueError(f"raw maps must be shaped (N,h,w), got {tuple(raw.shape)}")
@@ -50,6 +51,10 @@ class Heatmaps:
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.method = method
         self.layer = layer
+        self.layout = layout
+        """How the layer output was read as ``(N, C, h, w)`` when it was not that already: ``"tokens 14x14 +1"``
+        (a 14x14 patch-token grid, 1 leading class / register token dropped), ``"channels-last 7x7"``,
+        ``"reshape 7x7"`` (``Subject(reshape=...)``); ``None``: as is (:mod:`cnnaudit.layouts`)."""
         self.targets = _on_host(targets, n)
         self.predictions = _on_host(predictions, n)
         """The model's predicted class per image (``-1``: not known, or an output that is not ``(N, classes)``)."""
@@ -69,7 +74,8 @@ class Heatmaps:
     def __repr__(self) -> str:
         return (
             f"Heatmaps(method={self.method!r}, layer={self.layer!r}, n={len(self)}, "
-            f"raw={tuple(self.raw.shape[1:])}, size={self.image_size}, zero={int(self.zero.sum())})"
+            f"raw={tuple(self.raw.shape[1:])}, size={self.image_size}, zero={int(self.zero.sum())}"
+            + (f", layout={self.layout!r})" if self.layout is not None else ")")
         )
 
     # ---- maps ---------------------------------------------------------------------------
@@ -100,18 +106,19 @@ class Heatmaps:
         return self._maps
 
     def image(self, i: int, size: tuple[int, int] | None = None) -> np.ndarray:
-        """Image ``i`` as float ``(H,W,3)`` in ``[0,1]`` (for overlays); resized to ``size`` (antialiased
-        bilinear) when given."""
+        """Image ``i`` as float ``(H,W,3)`` in ``[0,1]`` (for overlays; other channel counts shown by
+        :func:`cnnaudit.images.display_rgb`: grey for one channel); resized to ``size`` (antialiased bilinear)
+        when given."""
         if self.images is None:
             raise ValueError("these heatmaps were made without their images; pass images= to overlay them")
-        from cnnaudit.images import ImageSource, as_batch
+        from cnnaudit.images import ImageSource, as_batch, display_rgb
 
         batched = isinstance(self.images, ImageSource) or getattr(self.images, "ndim", 0) == 4
         picked = self.images[i : i + 1] if batched else as_batch(self.images)[i : i + 1]  # convert one image, not all
         image = as_batch(picked)
         if size is not None and tuple(image.shape[-2:]) != tuple(size):
             image = F.interpolate(image, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
-        return image[0].permute(1, 2, 0).numpy()
+        return display_rgb(image)[0].permute(1, 2, 0).numpy()
 
     def overlay(self, i: int, alpha: float = 0.5) -> np.ndarray:
         """Map ``i`` drawn with the jet colormap over its image, uint8 ``(H,W,3)``."""

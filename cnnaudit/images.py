@@ -1,9 +1,14 @@
 """Input images: one validation and conversion point for everything that takes images.
 
-Convention: images enter as float in ``[0, 1]`` shaped ``(N,3,H,W)`` / ``(3,H,W)``, or as
-uint8 ``(H,W,3)`` / ``(N,H,W,3)`` (divided by 255). The result is a float32 ``(N,3,H,W)``
-tensor in ``[0, 1]``, on the CPU unless ``keep_device=True``; ``Subject.preprocess`` maps it
-to model input.
+Convention: images enter as float in ``[0, 1]`` shaped ``(N,C,H,W)`` / ``(C,H,W)``, or as
+uint8 ``(H,W)`` (grey) / ``(H,W,C)`` / ``(N,H,W,C)`` (divided by 255), for any channel count
+``C >= 1`` (3 for RGB; 1 for grey; whatever the model's first layer takes). The result is a
+float32 ``(N,C,H,W)`` tensor in ``[0, 1]``, on the CPU unless ``keep_device=True``;
+``Subject.preprocess`` maps it to model input. A layout that looks transposed (a float tensor
+whose last axis is at most :data:`MAX_GUESSED_CHANNELS` long while its channel axis is longer,
+or a uint8 array whose first image axis is that short while its channel axis is longer) is refused
+with a hint to permute it. :func:`display_rgb` is the one rule that shows ``C``-channel images in
+colour.
 
 The value check (``[0, 1]``, no NaN) reads one ``aminmax`` back to the host. The subject's
 batch loop instead keeps each batch's :func:`value_range` on the device and checks them all
@@ -25,9 +30,11 @@ import numpy as np
 import torch
 
 _EXPECTED = (
-    "expected float images in [0,1] shaped (N,3,H,W) or (3,H,W), uint8 images shaped (H,W,3) "
-    "or (N,H,W,3), a list of those, or a cnnaudit.ImageSet"
+    "expected float images in [0,1] shaped (N,C,H,W) or (C,H,W), uint8 images shaped (H,W), (H,W,C) "
+    "or (N,H,W,C), a list of those, or a cnnaudit.ImageSet (C = 3 for RGB, 1 for grey)"
 )
+#: a trailing axis at most this long after a longer channel axis reads as a transposed layout (module docstring)
+MAX_GUESSED_CHANNELS = 4
 
 
 Key = tuple[Hashable, tuple[Any, ...]]
@@ -47,7 +54,7 @@ class ImageSource(Protocol):
         ...
 
     def tensor(self) -> torch.Tensor:
-        """All images as one float32 ``(N,3,H,W)`` tensor."""
+        """All images as one float32 ``(N,C,H,W)`` tensor."""
         ...
 
     def cache_key(self) -> Key | None:
@@ -121,7 +128,7 @@ def tensor_key(tensor: torch.Tensor) -> Hashable | None:
 
 
 def as_batch(images: Any, *, keep_device: bool = False, check_range: bool = True) -> torch.Tensor:
-    """Convert ``images`` to a float32 ``(N,3,H,W)`` tensor in ``[0,1]``; raise ``ValueError`` otherwise.
+    """Convert ``images`` to a float32 ``(N,C,H,W)`` tensor in ``[0,1]``; raise ``ValueError`` otherwise.
 
     The result is on the CPU; with ``keep_device=True`` a tensor stays on its device (a GPU batch
     is not copied to the host and back). ``check_range=False`` skips the value check of float
@@ -139,6 +146,12 @@ def as_batch(images: Any, *, keep_device: bool = False, check_range: bool = True
                 f"images in one batch must share a size, got sizes {sorted(sizes)}; "
                 "resize them first (e.g. ImageSet(..., size=(H, W)))"
             )
+        channels = {p.shape[1] for p in parts}
+        if len(channels) > 1:
+            raise ValueError(
+                f"images in one batch must share a channel count, got channel counts {sorted(channels)}; "
+                "convert them to the channel count the model takes first"
+            )
         if len({p.device for p in parts}) > 1:
             parts = [p.cpu() for p in parts]
         return torch.cat(parts)
@@ -151,7 +164,7 @@ def as_batch(images: Any, *, keep_device: bool = False, check_range: bool = True
 
 
 def _with_pixels(batch: torch.Tensor) -> torch.Tensor:
-    """``batch``, unless its images have no pixels (a ``(N,3,0,W)`` tensor): ``ValueError``."""
+    """``batch``, unless its images have no pixels (a ``(N,C,0,W)`` tensor): ``ValueError``."""
     if batch.shape[-2] == 0 or batch.shape[-1] == 0:
         raise ValueError(f"got images of {batch.shape[-2]}x{batch.shape[-1]} pixels (shape {tuple(batch.shape)}); "
                          f"an image needs at least one pixel; {_EXPECTED}")
@@ -167,13 +180,28 @@ def _from_numpy(array: np.ndarray, check_range: bool) -> torch.Tensor:
 
 
 def _from_uint8(tensor: torch.Tensor) -> torch.Tensor:
-    """uint8 ``(H,W,3)`` / ``(N,H,W,3)`` -> float ``(N,3,H,W)`` / 255, on the tensor's device."""
-    if tensor.ndim == 3 and tensor.shape[-1] == 3:
+    """uint8 ``(H,W)`` / ``(H,W,C)`` / ``(N,H,W,C)`` -> float ``(N,C,H,W)`` / 255, on the tensor's device.
+
+    A grey stack ``(N,H,W)`` cannot be told from one ``(H,W,C)`` image: pass it as ``(N,H,W,1)``. So a 3-D
+    array with more than :data:`MAX_GUESSED_CHANNELS` channels is refused (it is most likely such a stack);
+    one image with that many channels is passed as ``(1,H,W,C)``.
+    """
+    shape = tuple(tensor.shape)
+    if tensor.ndim == 2:
+        tensor = tensor[:, :, None]
+    if tensor.ndim == 3 and tensor.shape[-1] > MAX_GUESSED_CHANNELS:
+        raise ValueError(
+            f"got a uint8 array of shape {shape}, which reads as one {shape[0]}x{shape[1]} image with {shape[2]} "
+            f"channels: pass a stack of grey images as (N, H, W, 1) (array[..., None]), and one image with more than "
+            f"{MAX_GUESSED_CHANNELS} channels as (1, H, W, C) (array[None])"
+        )
+    if tensor.ndim == 3:
         tensor = tensor[None]
-    if tensor.ndim != 4 or tensor.shape[-1] != 3:
-        channels_first = tensor.ndim in (3, 4) and tensor.shape[-3] == 3
-        hint = " (channels-first? permute it to (..., H, W, 3), or pass float images x / 255)" if channels_first else ""
-        raise ValueError(f"got a uint8 array of shape {tuple(tensor.shape)}{hint}; {_EXPECTED}")
+    channels_first = tensor.ndim == 4 and tensor.shape[1] <= MAX_GUESSED_CHANNELS < tensor.shape[-1]
+    if tensor.ndim != 4 or channels_first or tensor.shape[-1] == 0:
+        hint = (" (channels-first? permute it to (..., H, W, C); a stack of grey images is (N, H, W, 1); or pass "
+                "float images x / 255)") if channels_first else ""
+        raise ValueError(f"got a uint8 array of shape {shape}{hint}; {_EXPECTED}")
     return tensor.permute(0, 3, 1, 2).float().div_(255.0)
 
 
@@ -184,13 +212,30 @@ def _from_tensor(tensor: torch.Tensor, check_range: bool) -> torch.Tensor:
         raise ValueError(f"got a tensor of dtype {tensor.dtype}; {_EXPECTED}")
     if tensor.ndim == 3:
         tensor = tensor[None]
-    if tensor.ndim != 4 or tensor.shape[1] != 3:
-        hint = " (channels-last? use uint8 HxWx3 or permute to (N,3,H,W))" if tensor.ndim == 4 and tensor.shape[-1] == 3 else ""
+    channels_last = tensor.ndim == 4 and tensor.shape[-1] <= MAX_GUESSED_CHANNELS < tensor.shape[1]
+    if tensor.ndim != 4 or channels_last or tensor.shape[1] == 0:
+        hint = " (channels-last? use uint8 HxWxC or permute to (N,C,H,W))" if channels_last else ""
         raise ValueError(f"got a tensor of shape {tuple(tensor.shape)}{hint}; {_EXPECTED}")
     tensor = tensor.detach().to(torch.float32)
     if check_range and tensor.numel():
         check_value_range(value_range(tensor))
     return tensor
+
+
+def display_rgb(images: torch.Tensor) -> torch.Tensor:
+    """``(N,C,H,W)`` images in ``[0,1]`` as ``(N,3,H,W)`` RGB to look at (overlays, grids, evidence).
+
+    The rule: ``C = 1`` grey (the channel in R, G and B); ``C = 2`` grey from the channel mean;
+    ``C >= 3`` the first three channels as R, G, B (an RGBA image, RGB plus a near-infrared or depth
+    channel: its colour part; other multispectral stacks: a false-colour view of bands 0-2).
+    """
+    channels = images.shape[1]
+    if channels == 3:
+        return images
+    if channels > 3:
+        return images[:, :3]
+    grey = images if channels == 1 else images.mean(dim=1, keepdim=True)
+    return grey.expand(-1, 3, -1, -1)
 
 
 def value_range(images: torch.Tensor) -> torch.Tensor:

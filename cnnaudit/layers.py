@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
 
-from cnnaudit import hooks
+from cnnaudit import hooks, layouts
 
 _ADAPTIVE_POOLING = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 _POOLING = (nn.modules.pooling._AvgPoolNd, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._LPPoolNd)
@@ -28,9 +28,14 @@ class LayerInfo:
     """One module of the model as seen in the probe pass.
 
     ``parameters`` counts the module's parameters including its submodules; ``channels`` is
-    dimension 1 of the output (``None`` when it is not a tensor of rank >= 2); ``output_shape``
+    dimension 1 of the output (``None`` when it is not a tensor of rank >= 2), or the channel
+    dimension ``C`` of a token grid / channels-last output; ``output_shape``
     excludes the batch dimension (``None`` when the module did not run or returned a non-tensor);
-    ``calls`` is how often the module ran in the probe pass (shared modules run more than once).
+    ``calls`` is how often the module ran in the probe pass (shared modules run more than once);
+    ``layout`` says how a CAM reads an output that is not ``(N, C, h, w)`` as is (:mod:`cnnaudit.layouts`):
+    ``"tokens 14x14 +1"`` (a patch-token grid after 1 leading token), ``"channels-last 7x7"``,
+    ``"reshape"`` (``Subject(reshape=...)`` applies), ``"ambiguous: reshape="`` (a token count with
+    several readings: pass ``Subject(reshape=...)``); ``None`` otherwise.
     """
 
     name: str
@@ -39,6 +44,7 @@ class LayerInfo:
     channels: int | None
     output_shape: tuple[int, ...] | None
     calls: int = 1
+    layout: str | None = None
 
 
 class LayerInventory(Sequence[LayerInfo]):
@@ -80,7 +86,8 @@ class LayerInventory(Sequence[LayerInfo]):
         return f"LayerInventory({len(self)} layers, input_size={self.input_size}, {self.counts})"
 
     def __str__(self) -> str:
-        header = ("name", "type", "parameters", "channels", "output shape")
+        marked = any(layer.layout is not None for layer in self._layers)  # a layout column only when one is marked
+        header = ("name", "type", "parameters", "channels", "output shape", *(("layout",) if marked else ()))
         rows = [
             (
                 layer.name,
@@ -89,6 +96,7 @@ class LayerInventory(Sequence[LayerInfo]):
                 "" if layer.channels is None else str(layer.channels),
                 "-" if layer.output_shape is None else "x".join(map(str, layer.output_shape))
                 + (f" (x{layer.calls} calls)" if layer.calls > 1 else ""),
+                *((layer.layout or "",) if marked else ()),
             )
             for layer in self._layers
         ]
@@ -130,10 +138,12 @@ def probe(model: nn.Module, probe_input: torch.Tensor) -> list[_Event]:
     return events
 
 
-def layer_inventory(model: nn.Module, probe_input: torch.Tensor, events: list[_Event] | None = None) -> LayerInventory:
-    """Every named submodule of ``model`` with its type, parameter count and probed output shape.
+def layer_inventory(model: nn.Module, probe_input: torch.Tensor, events: list[_Event] | None = None,
+                    reshaped: Callable[[str], bool] | None = None) -> LayerInventory:
+    """Every named submodule of ``model`` with its type, parameter count, probed output shape and layout.
 
-    ``events``: the result of ``probe(model, probe_input)`` when the caller already ran it.
+    ``events``: the result of ``probe(model, probe_input)`` when the caller already ran it;
+    ``reshaped(name)``: whether a user's ``reshape`` reads that layer (its layout is then ``"reshape"``).
     """
     events = probe(model, probe_input) if events is None else events
     first: dict[str, _Event] = {}
@@ -146,17 +156,63 @@ def layer_inventory(model: nn.Module, probe_input: torch.Tensor, events: list[_E
         if not name:
             continue
         shape = first[name].output_shape if name in first else None
+        layout, channels = _read_as(shape, (probe_input.shape[-2], probe_input.shape[-1]))
         layers.append(
             LayerInfo(
                 name=name,
                 type=type(module).__name__,
                 parameters=sum(p.numel() for p in module.parameters()),
-                channels=shape[1] if shape is not None and len(shape) >= 2 else None,
+                channels=channels,
                 output_shape=shape[1:] if shape is not None else None,
                 calls=calls.get(name, 0),
+                layout="reshape" if reshaped is not None and shape is not None and reshaped(name) else layout,
             )
         )
     return LayerInventory(layers, _counts(model), input_size=tuple(probe_input.shape[1:]))
+
+
+def _read_as(shape: tuple[int, ...] | None, size: tuple[int, int]) -> tuple[str | None, int | None]:
+    """(layout mark, channels) of an output of ``shape`` (batch first) for a model input of ``size`` (see
+    :class:`LayerInfo`): a token grid or channels-last output has its channels last."""
+    if shape is None or len(shape) < 2:
+        return None, None
+    if len(shape) in (3, 4):
+        try:
+            layout = layouts.infer(shape, size)
+        except ValueError:
+            ambiguous = len(shape) == 3 and len(layouts.token_grids(shape[1], size)) > 1
+            return ("ambiguous: reshape=" if ambiguous else None), shape[-1] if ambiguous else shape[1]
+        if layout.kind != "nchw":
+            return layout.description, shape[-1]
+    return None, shape[1]
+
+
+def last_block_norm(model: nn.Module) -> str | None:
+    """The first norm of the model's last transformer block (the last module named ``ln_1`` or ``norm1``:
+    torchvision ViT's ``encoder.layers.encoder_layer_11.ln_1``, timm's ``blocks.11.norm1``), or ``None``."""
+    names = [name for name, _ in model.named_modules() if name.rsplit(".", 1)[-1] in ("ln_1", "norm1")]
+    return names[-1] if names else None
+
+
+def token_layer(model: nn.Module, probe_input: torch.Tensor, events: list[_Event], picked: str) -> str | None:
+    """The CAM layer of a model whose features are a token grid after ``picked`` (what :func:`auto_layer` found:
+    a ViT's patch embedding, its last 4-D output): the first norm of its last block (:func:`last_block_norm`),
+    when it ran once after ``picked`` in the probe pass with a 3-D output that is a token grid or an ambiguous
+    one (then the CAM's error names ``Subject(reshape=...)``, rather than maps of the patch embedding); else
+    ``None`` (every CNN, and Swin, whose final ``permute`` is already ``(N, C, h, w)``). A separate step after
+    :func:`auto_layer`."""
+    norm = last_block_norm(model)
+    names = [event.name for event in events]
+    if norm is None or picked not in names:
+        return None
+    ran = [event for event in events[names.index(picked) + 1 :] if event.name == norm]
+    size = (probe_input.shape[-2], probe_input.shape[-1])
+    if len(ran) != 1 or ran[0].output_shape is None or len(ran[0].output_shape) != 3:
+        return None
+    try:
+        return norm if layouts.infer(ran[0].output_shape, size).kind == "tokens" else None
+    except ValueError:
+        return norm  # a token grid cnnaudit cannot read alone: the CAM says so, naming Subject(reshape=...)
 
 
 def _is_downsample(name: str) -> bool:
@@ -252,6 +308,17 @@ def _is_point(shape: tuple[int, ...] | None) -> bool:
     return shape is not None and len(shape) == 4 and shape[2:] == (1, 1)
 
 
+def feature_root(model: nn.Module) -> str:
+    """Where torchvision's segmentation and detection models keep their feature extractor: ``backbone``
+    (``backbone.body`` when the backbone also holds an ``fpn``), or ``""`` for a model without one."""
+    children = dict(model.named_children())
+    backbone = children.get("backbone")
+    if backbone is None:
+        return ""
+    parts = dict(backbone.named_children())
+    return "backbone.body" if "body" in parts and "fpn" in parts else "backbone"
+
+
 def auto_layer(model: nn.Module, probe_input: torch.Tensor, events: list[_Event] | None = None) -> str:
     """Name of the last module with a spatial 4-D ``(N,C,h,w)`` output (``h * w > 1``) before the head.
 
@@ -260,14 +327,23 @@ def auto_layer(model: nn.Module, probe_input: torch.Tensor, events: list[_Event]
     spatial input to 1x1) that is not nested inside a module with a 4-D output, so squeeze-excitation
     pooling inside a block does not count; the head is the outermost module around it that is itself
     a reduction, and nothing inside it is picked (if that leaves nothing, the next one in: AlexNet at
-    64 px, whose ``features`` end in a pooling to 1x1). Pooling modules and 1x1 outputs are never picked.
+    64 px, whose ``features`` end in a pooling to 1x1). Pooling modules and 1x1 outputs are never picked,
+    nor modules that run more than once in the pass (an FPN level's head) or whose output's dimension 0 is
+    not the input's batch (one row per box proposal: ``roi_heads.box_roi_pool``).
     For a residual network this gives ``layer4``, for torchvision VGG / DenseNet / MobileNet /
-    EfficientNet / SqueezeNet ``features``. ``events``: ``probe(model, probe_input)`` when already run.
+    EfficientNet / SqueezeNet ``features``. A model with a ``backbone`` submodule (torchvision's segmentation
+    and detection models) is searched inside it (inside ``backbone.body`` behind an FPN, see
+    :func:`feature_root`): FCN-ResNet50 gives ``backbone.layer4``, DeepLabV3-MobileNetV3 ``backbone.16``,
+    Faster R-CNN-MobileNetV3-FPN ``backbone.body.16``, never the logit map, the auxiliary head, an FPN
+    output or the detection heads. ``events``: ``probe(model, probe_input)`` when already run.
     """
     events = probe(model, probe_input) if events is None else events
+    batch = probe_input.shape[0]
     first: dict[str, _Event] = {}
+    calls: dict[str, int] = {}
     for event in events:
         first.setdefault(event.name, event)
+        calls[event.name] = calls.get(event.name, 0) + 1
 
     def inside_feature_module(name: str) -> bool:
         parts = name.split(".")
@@ -282,8 +358,15 @@ def auto_layer(model: nn.Module, probe_input: torch.Tensor, events: list[_Event]
 
     def eligible(event: _Event) -> bool:
         shape = event.output_shape
-        return shape is not None and len(shape) == 4 and not _is_point(shape) and not _is_global_pooling(event)
+        return (
+            shape is not None and len(shape) == 4 and shape[0] == batch and calls[event.name] == 1
+            and not _is_point(shape) and not _is_global_pooling(event)
+        )
 
+    root = feature_root(model)
+    inside_root = [e for e in events if root and within(e.name, root)]
+    if any(eligible(e) for e in inside_root):
+        events = inside_root
     end, roots = len(events), [""]
     for position, event in enumerate(events):
         if _is_reduction(event) and not inside_feature_module(event.name):

@@ -244,7 +244,7 @@ def perturbation_curves(
     (deletion), or of the substrate by the image (insertion), and records ``p_i`` = softmax
     probability of the explained class (sigmoid for a single-output model). Substrates: ``"zeros"``,
     ``"mean"`` (per-image channel means), ``"blur"`` (Gaussian, 11 px kernel, sigma 5, as in RISE),
-    or a callable ``(N,3,H,W) -> (N,3,H,W)``. Runs on the subject's device, ``batch_size`` images per pass.
+    or a callable ``(N,C,H,W) -> (N,C,H,W)``. Runs on the subject's device, ``batch_size`` images per pass.
     """
     subject = subject if subject is not None else heatmaps.subject
     if subject is None:

@@ -281,6 +281,7 @@ class EvidenceRecorder:
         entry = {
             "method": str(heatmaps.method),
             "layer": None if heatmaps.layer is None else str(heatmaps.layer),
+            "layout": getattr(heatmaps, "layout", None),  # how the layer was read: "tokens 14x14 +1", ...
             "n": len(heatmaps),
             "zero": int(heatmaps.zero.sum()),
             "images": [],
@@ -323,6 +324,7 @@ class EvidenceRecorder:
             self._changes[key] = self._largest_changes(diff, labels)
 
     def _observe_visualizations(self, vis: Any) -> None:
+        from cnnaudit.images import display_rgb
         from cnnaudit.render import grid
 
         self._note_subject(getattr(vis, "subject", None))
@@ -344,7 +346,7 @@ class EvidenceRecorder:
         dead_set = set(dead)
         marked = [c in dead_set for c in shown]
         saved = self._save(
-            lambda: grid(vis.images[: len(shown)], labels=[str(c) for c in shown], marked=marked),
+            lambda: grid(display_rgb(vis.images[: len(shown)]), labels=[str(c) for c in shown], marked=marked),
             title=title, caption=caption, thumbnail_side=GRID_THUMBNAIL_SIDE,
         )
         self._visualizations.append(

@@ -44,15 +44,20 @@ def _colour_table(cmap: str) -> np.ndarray:
 
 
 def to_rgb8(image: object) -> np.ndarray:
-    """Any image as uint8 ``(H,W,3)``: numpy or torch, ``(H,W)``, ``(H,W,1|3|4)`` or ``(1|3,H,W)``,
-    uint8, bool or float in ``[0,1]`` (``ValueError`` otherwise)."""
+    """Any image as uint8 ``(H,W,3)``: numpy or torch, ``(H,W)``, ``(H,W,C)`` or ``(C,H,W)`` (channels first
+    when the first axis is 1 or 3 long, or shorter than a last axis longer than 4), uint8, bool or float in
+    ``[0,1]`` (``ValueError`` otherwise). Channels are shown by :func:`cnnaudit.images.display_rgb`'s rule:
+    one grey, two as their mean in grey, three or more by the first three as RGB."""
     if hasattr(image, "detach"):
         image = image.detach().cpu().numpy()
     array = np.asarray(image)
-    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3, 4):
+    if array.ndim == 3 and ((array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3, 4))
+                            or array.shape[0] < array.shape[-1] > 4):
         array = array.transpose(1, 2, 0)
-    if array.ndim == 3 and array.shape[-1] == 4:
+    if array.ndim == 3 and array.shape[-1] > 3:
         array = array[..., :3]
+    if array.ndim == 3 and array.shape[-1] == 2:
+        array = array.mean(axis=-1, dtype=np.float32) / (255.0 if array.dtype == np.uint8 else 1.0)
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim == 2:

@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from matplotlib import colormaps
 from torch import nn
 
-from cnnaudit import evidence
+from cnnaudit import evidence, layouts
 from cnnaudit.engine import AuditedModel
-from cnnaudit.images import as_batch
+from cnnaudit.images import as_batch, display_rgb
 from cnnaudit.layers import resolve_layer
 from cnnaudit.maximize.loop import forward_to, per_image_normalised, placement
 from cnnaudit.render import grid, to_rgb8
@@ -65,11 +65,12 @@ def filter_grid(subject_or_model: Any, layer: str | None = None, *, limit: int =
 
 def feature_map_grid(subject: AuditedModel, image: Any, layer: str, *, limit: int = 64, columns: int = 8,
                      cmap: str = "viridis") -> np.ndarray:
-    """The first ``limit`` channels of ``layer``'s output for one image, each scaled by its own min..max."""
+    """The first ``limit`` channels of ``layer``'s output for one image, each scaled by its own min..max (a token
+    grid or channels-last output read as ``(N, C, h, w)``, see :mod:`cnnaudit.layouts`)."""
     batch = as_batch(image)[:1].to(**placement(subject))
     module = subject.module(layer)
     with subject.audit(), torch.no_grad():
-        out = forward_to(subject, module, batch)
+        out = _layer_map(subject, layer, forward_to(subject, module, batch), batch)
     if out.ndim != 4:
         raise ValueError(f"layer {layer!r} outputs shape {tuple(out.shape)}; feature maps need an (N,C,h,w) output")
     maps = out[0, :limit].float().cpu()
@@ -82,7 +83,8 @@ def feature_map_grid(subject: AuditedModel, image: Any, layer: str, *, limit: in
 
 def deepdream(subject: AuditedModel, image: Any, layer: str, *, channel: int | None = None, steps: int = 10,
               lr: float = 0.02, octaves: int = 3, octave_scale: float = 1.4, jitter: int = 4, seed: int = 0) -> np.ndarray:
-    """DeepDream: ascend ``J = mean(a^2)`` over ``layer``'s output (or ``mean(a[channel])``) from a photograph.
+    """DeepDream: ascend ``J = mean(a^2)`` over ``layer``'s output (or ``mean(a[channel])``, ``a`` read as
+    ``(N, C, h, w)``, see :mod:`cnnaudit.layouts`) from a photograph.
 
     Octaves from ``1/octave_scale^(octaves-1)`` of the size up to full size, the detail added so
     far carried up between them; ``steps`` per octave of ``x <- clamp(x + lr * g / (rms(g) + 1e-5), 0, 1)``
@@ -93,27 +95,33 @@ def deepdream(subject: AuditedModel, image: Any, layer: str, *, channel: int | N
     module = subject.module(layer)
     generator = torch.Generator().manual_seed(seed)
     sizes = [(round(height / octave_scale**k), round(width / octave_scale**k)) for k in range(octaves - 1, -1, -1)]
-    detail = torch.zeros(1, 3, *sizes[0], device=base.device, dtype=base.dtype)
+    detail = torch.zeros(1, base.shape[1], *sizes[0], device=base.device, dtype=base.dtype)
     with subject.audit():
         for size in sizes:
             octave = F.interpolate(base, size=size, mode="bilinear", align_corners=False, antialias=True)
             detail = F.interpolate(detail, size=size, mode="bilinear", align_corners=False)
             x = (octave + detail).clamp(0.0, 1.0)
             for _ in range(steps):
-                x = _dream_step(subject, module, x, channel, lr, jitter, generator)
+                x = _dream_step(subject, module, layer, x, channel, lr, jitter, generator)
             detail = x - octave
-    return _record(f"deepdream {layer}" + ("" if channel is None else f" channel {channel}"), to_rgb8(x[0].cpu()))
+    return _record(f"deepdream {layer}" + ("" if channel is None else f" channel {channel}"), to_rgb8(display_rgb(x)[0].cpu()))
 
 
-def _dream_step(subject: AuditedModel, module: nn.Module, x: torch.Tensor, channel: int | None, lr: float, jitter: int,
-                generator: torch.Generator) -> torch.Tensor:
+def _dream_step(subject: AuditedModel, module: nn.Module, layer: str, x: torch.Tensor, channel: int | None, lr: float,
+                jitter: int, generator: torch.Generator) -> torch.Tensor:
     dy, dx = (int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=generator))
     shifted = torch.roll(x, shifts=(dy, dx), dims=(2, 3)).requires_grad_(True)
     out = forward_to(subject, module, shifted)
-    objective = out.pow(2).mean() if channel is None else out[:, channel].mean()
+    objective = out.pow(2).mean() if channel is None else _layer_map(subject, layer, out, shifted)[:, channel].mean()
     (grad,) = torch.autograd.grad(objective, shifted)
     grad = torch.roll(per_image_normalised(grad), shifts=(-dy, -dx), dims=(2, 3))
     return (x + lr * grad).clamp(0.0, 1.0).detach()
+
+
+def _layer_map(subject: AuditedModel, layer: str, out: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """``layer``'s output ``out`` for ``images`` read as ``(N, C, h, w)`` (:func:`cnnaudit.layouts.reader`)."""
+    read = layouts.reader(subject.reshape_for(layer), out, subject.prepare(images).shape[-2:], layer)
+    return read(out) if read is not None else out
 
 
 def _enlarged(tiles: torch.Tensor) -> torch.Tensor:

@@ -163,7 +163,7 @@ def test_bad_construction_is_explained():
         ImageSet(torch.full((1, 3, 4, 4), 2.0))
     with pytest.raises(ValueError, match="region 'tools' of image 1: box .* is inverted"):
         ImageSet([lambda: None] * 2, regions={"tools": [None, (4, 0, 2, 2)]})
-    bad = ImageSet([lambda: np.zeros((4, 4), np.uint8)], ids=["broken"])
+    bad = ImageSet([lambda: np.zeros((4, 4), np.int32)], ids=["broken"])
     with pytest.raises(ValueError, match="loader of image 'broken'"):
         bad.tensor()
 

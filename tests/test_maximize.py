@@ -93,14 +93,15 @@ def test_red_minus_green_filter_yields_red_with_both_parameterisations() -> None
 
 def test_the_objectives_own_relu_draws_every_position_up(monkeypatch: pytest.MonkeyPatch) -> None:
     """relu(r - g - b): from grey every position is off. The per-image redirected gradient switches off
-    once a few pixels fire and the rest never move (the stall the last round measured at 0.13); the
+    once a few pixels fire and the rest never move (0.13 under the plain ascent of the last round; the
+    annealed ascent's noise gets about half the pixels firing first: 0.49-0.52 over seeds 0-4); the
     leak at the objective's own ReLU draws every position up, and pure red (value 1) is reached."""
     subject = subject_of(colour_model([[1.0, -1.0, -1.0]], [0.0], relu=True))
     vis = maximize(subject, "1", [0], steps=64, size=32)  # the defaults: pixels, leak 0.1
     assert vis.achieved[0] > 0.99
     monkeypatch.setattr("cnnaudit.maximize.loop.LEAK", 0.0)
     stalled = maximize(subject, "1", [0], steps=64, size=32)
-    assert 0 < stalled.achieved[0] < 0.5
+    assert 0 < stalled.achieved[0] < 0.6
 
 
 def test_leaky_backward_hand_example() -> None:
@@ -124,6 +125,44 @@ def test_edge_filters_yield_their_orientation() -> None:
         assert vx > ratio * vy, (kwargs, vx, vy)
         assert hy > ratio * hx, (kwargs, hx, hy)
         assert vis.gain().values.min() > 1.5  # ReLU(Sobel) is positive on the noisy start already
+
+
+def stripe_optimum(size: int) -> float:
+    """The channel mean of relu(Sobel-x) at its optimum, by hand: relu of a sum is at most the sum of
+    relus, so the best image repeats the best row; a row x (zero-padded) counts
+    ``C(x) = sum_j relu(x[j-1] - x[j+1])``, at most ``size / 2`` (stripes 1,1,0,0; brute force over all
+    8- and 12-px binary rows agrees), and the column weights 1,2,1 sum to ``4 size - 2`` over the rows."""
+    def count(row: list[int]) -> int:
+        padded = [0, *row, 0]
+        return sum(max(0, padded[j] - padded[j + 2]) for j in range(size))
+    best = max(count([int((j + phase) % 4 < 2) for j in range(size)]) for phase in range(4))
+    return (4 * size - 2) * best / size**2
+
+
+def test_default_reaches_the_edge_units_optimum_across_stripe_phase_walls() -> None:
+    """relu(Sobel-x) / relu(Sobel-y): convex and piecewise linear, so ascent ends at a vertex. Plain
+    ascent (the last round's default) froze domains of the four stripe phases, each taken from the
+    start's noise, with walls that never move: 0.79-0.82 of the optimum (seeds 0-4, both channels).
+    The annealed default reaches 0.92-0.95. Values are checked with a plain convolution."""
+    assert stripe_optimum(64) == pytest.approx(254 * 32 / 64**2)  # 1.984
+    for seed in range(3):
+        vis = maximize(subject_of(edge_model()), "1", [0, 1], steps=128, size=64, seed=seed)
+        grey = vis.images.mean(dim=1, keepdim=True)
+        values = [F.conv2d(grey[k:k + 1], kernel[None, None], padding=1).clamp(min=0).mean().item()
+                  for k, kernel in enumerate((SOBEL, SOBEL.T))]
+        assert vis.achieved.tolist() == pytest.approx(values, rel=1e-5)
+        assert min(values) >= 0.9 * stripe_optimum(64), (seed, values)
+
+
+def test_pixel_schedule_hand_example() -> None:
+    """10 steps of lr 0.4: 5 noisy ones (step 0.4, noise sd 0.8), then steps falling linearly to 0.02."""
+    from cnnaudit.maximize.loop import pixel_schedule
+
+    schedule = [pixel_schedule(t, 10, 0.4) for t in range(10)]
+    assert schedule[:5] == [(0.4, 0.8)] * 5
+    assert [a for a, _ in schedule[5:]] == pytest.approx([0.4, 0.305, 0.21, 0.115, 0.02])
+    assert all(s == 0 for _, s in schedule[5:])
+    assert pixel_schedule(0, 1, 0.4) == (0.4, 0.0)  # a single step is a quiet one
 
 
 def test_direction_objective_is_the_channel_mix() -> None:

@@ -48,6 +48,7 @@ def test_heatmaps_give_at_most_eight_overlays_written_to_disk_as_they_arrive(tmp
     out = recorder.finish()
     (entry,) = out["heatmaps"]
     assert (entry["method"], entry["layer"], entry["n"], entry["zero"]) == ("gradcam", "l4", 11, 0)
+    assert entry["layout"] is None  # a (N, C, h, w) layer read as it is
     assert len(entry["images"]) == OVERLAYS_PER_HEATMAPS == 8
     assert len(files_during_test) == 8  # written before the test ended; one file each, no larger than a thumbnail
     first = entry["images"][0]

@@ -10,9 +10,11 @@ from types import SimpleNamespace
 
 import markupsafe
 import numpy as np
+import torch
 import pytest
 
 from cnnaudit import evidence, report
+from cnnaudit.heatmaps import Heatmaps
 from cnnaudit.records import EvidenceRecorder
 from cnnaudit.results import RunResults
 from cnnaudit.scores import Scores, compare
@@ -110,6 +112,14 @@ def recorded(tmp_path: Path, nodeid: str, note: str = "", n_images: int = 1) -> 
     if note:
         recorder.note(note)
     return recorder.finish(lambda key: {"mean": 0.45})
+
+
+def finished_document(results: RunResults, image_dir: Path) -> dict:
+    """The report document of a finished run of ``results`` on a CPU-only machine."""
+    environment = {"cnnaudit": "0", "python": "3", "platform": "p", "torch": "2", "cuda": None,
+                   "cuda_available": False, "gpus": [], "device": "cpu"}
+    return report.document(results, environment=environment, interrupted=False, in_progress=False,
+                           image_dir=str(image_dir), baseline=None, started=0.0, finished=1.0)
 
 
 def make_doc(tmp_path: Path, tests: list[tuple[str, str, str, int]]) -> dict:
@@ -286,10 +296,7 @@ def test_a_sanity_check_is_drawn_as_a_curve_with_its_cascade_and_dead_units_are_
         recorder.observe(Visualizations())
     results = RunResults()
     run_test(results, "t.py::test_sanity", "passed", evidence=recorder.finish())
-    environment = {"cnnaudit": "0", "python": "3", "platform": "p", "torch": "2", "cuda": None,
-                   "cuda_available": False, "gpus": [], "device": "cpu"}
-    doc = report.document(results, environment=environment, interrupted=False, in_progress=False,
-                          image_dir=str(tmp_path), baseline=None, started=0.0, finished=1.0)
+    doc = finished_document(results, tmp_path)
     stats = report.write_html(tmp_path / "r.html", doc)
     text = (tmp_path / "r.html").read_text()
     card = text[text.index('<section class="card scores'):]
@@ -326,3 +333,16 @@ def test_search_matches_what_a_reviewer_types_not_the_objects_pytest_printed() -
         assert absent not in text, absent
     assert report.without_reprs("mass_in(tools) = 0.2, pointing_game(face) fell; ValueError: bad") == (
         "mass_in(tools) = 0.2, pointing_game(face) fell; ValueError: bad")  # Scores keys and error names stay
+
+
+def test_a_token_grid_layers_layout_is_shown_with_its_heatmaps(tmp_path: Path) -> None:
+    recorder = EvidenceRecorder("t.py::test_vit", None)
+    with evidence.recording(recorder):
+        Heatmaps(torch.rand(2, 4, 4), image_size=(64, 64), method="gradcam", layer="encoder.ln_1", layout="tokens 4x4 +1")
+    results = RunResults()
+    run_test(results, "t.py::test_vit", "passed", evidence=recorder.finish())
+    doc = finished_document(results, tmp_path)
+    assert doc["tests"][0]["evidence"]["heatmaps"][0]["layout"] == "tokens 4x4 +1"
+    out = tmp_path / "r.html"
+    report.write_html(out, doc)
+    assert re.search(r"gradcam · encoder\.ln_1 <span[^>]*>\(tokens 4x4 \+1\)</span>", out.read_text())

@@ -162,6 +162,8 @@ def test_memory_is_flat_over_100_calls(tiny_cnn, images16):
 
 
 def test_clear_errors_for_bad_input(tiny_cnn, images16):
+    with pytest.raises(ValueError, match=r"class names must be unique, but 'N/A' is repeated .*rename the repeats"):
+        ca.Subject(tiny_cnn, classes=["__background__", "person", "N/A", "car", "N/A"], device="cpu")
     subject = ca.Subject(tiny_cnn, layer="features.2", classes=["cat", "dog", "bird", "fish", "frog"], device="cpu")
     with pytest.raises(KeyError, match=r"no layer named 'features.3x' in the model \(did you mean 'features.3', "):
         subject.gradcam(images16, layer="features.3x")
@@ -171,11 +173,11 @@ def test_clear_errors_for_bad_input(tiny_cnn, images16):
         subject.gradcam(images16, target="dgo")
     with pytest.raises(ValueError, match="class index 7 is out of range"):
         subject.gradcam(images16, target=7)
-    with pytest.raises(ValueError, match=r"shape \(4, 1, 16, 16\)"):
+    with pytest.raises(ValueError, match=r"the model takes 3-channel input, but got 1 channel \(model input of shape \(4, 1, 16, 16\)"):
         subject.gradcam(images16[:, :1])
     with pytest.raises(ValueError, match="channels-last"):
         subject.gradcam(images16.permute(0, 2, 3, 1))
-    with pytest.raises(ValueError, match=r"uint8 array of shape \(4, 3, 16, 16\) \(channels-first\? permute it to \(\.\.\., H, W, 3\)"):
+    with pytest.raises(ValueError, match=r"uint8 array of shape \(4, 3, 16, 16\) \(channels-first\? permute it to \(\.\.\., H, W, C\)"):
         subject.gradcam((images16 * 255).to(torch.uint8))
     with pytest.raises(ValueError, match="dtype torch.int64"):
         subject.gradcam((images16 * 255).long())
@@ -207,7 +209,7 @@ def test_unnamed_classes_and_callable_outputs_for_segmentation(images16):
     subject = ca.Subject(model, device="cpu")
     with pytest.raises(ValueError, match="no names; pass Subject"):
         subject.gradcam(images16, target="cat")
-    with pytest.raises(ValueError, match="pass a callable target"):
+    with pytest.raises(ValueError, match=r"for a segmentation model pass target=cnnaudit.targets.segmentation\(cls, mask=...\)"):
         subject.gradcam(images16, target=0)
 
 
@@ -257,7 +259,7 @@ def test_normalize():
     torch.testing.assert_close(preprocess(x)[0, :, 0, 0], torch.tensor([1.0, 3.0, 0.5]))
     with pytest.raises(ValueError, match="std must be positive"):
         ca.normalize((0, 0, 0), (1, 0, 1))
-    with pytest.raises(ValueError, match="1 or 3 values"):
+    with pytest.raises(ValueError, match="mean has 2 values and std 3; give one value per image channel"):
         ca.normalize((0, 0), (1, 1, 1))
 
 

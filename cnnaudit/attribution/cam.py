@@ -4,7 +4,9 @@ Notation: ``A`` is the recorded layer's activation ``(N,K,h,w)``, ``dA = dS/dA``
 each image's target score ``S`` (before softmax) with respect to it, ``k`` a channel and ``ij`` a
 position. Every method returns the *signed* map ``(N,h,w)`` before ReLU; ``Heatmaps`` applies
 ReLU, bilinear upsampling and normalisation. The batch engine runs one forward and (for the
-gradient methods) one ``autograd.grad`` pass per batch, everything on the model's device.
+gradient methods) one ``autograd.grad`` pass per batch, everything on the model's device. The
+formulas run in float32 on ``A`` and ``dA`` cast from the model's dtype (a bfloat16 or float16
+model's activations; Eigen-CAM's SVD has no half-precision kernel), so maps are float32.
 """
 
 from __future__ import annotations
@@ -14,8 +16,16 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from cnnaudit import hooks
-from cnnaudit.attribution.targets import Target, predicted, score_rows, select_scores
+from cnnaudit import hooks, layers, layouts
+from cnnaudit.attribution.targets import (
+    Target,
+    image_scores,
+    output_tensors,
+    predicted,
+    score_rows,
+    select_scores,
+    undefined_to_zero,
+)
 from cnnaudit.engine import AuditedModel
 
 
@@ -99,9 +109,11 @@ def scorecam(A: torch.Tensor, masked_scores: torch.Tensor) -> torch.Tensor:
 
     ``masked_scores`` ``(N,K)``: ``s_k`` = the target score of the model input multiplied by the
     normalised upsampled mask of channel ``k`` (:func:`scorecam_masks`). The paper subtracts the
-    score of a baseline input first; that constant cancels in the softmax over channels.
+    score of a baseline input first; that constant cancels in the softmax over channels. An
+    undefined (NaN) ``s_k`` gets weight 0 (``s_k = -inf``); an image with none defined gets ``L = 0``.
     """
-    return (masked_scores.softmax(dim=1)[:, :, None, None] * A).sum(dim=1)
+    weights = masked_scores.masked_fill(masked_scores.isnan(), float("-inf")).softmax(dim=1).nan_to_num(0.0)
+    return (weights[:, :, None, None] * A).sum(dim=1)
 
 
 GRADIENT_METHODS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
@@ -119,56 +131,96 @@ def check_method(method: str) -> None:
         raise ValueError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
 
 
-def _feature_map(recording: hooks.Recording, layer: str) -> torch.Tensor:
-    A = recording[layer]
-    if A.ndim != 4:
+def _feature_map(
+    subject: AuditedModel, recording: hooks.Recording, layer: str, x: torch.Tensor
+) -> tuple[torch.Tensor, layouts.Layout]:
+    """The recorded output of ``layer`` and its :class:`~cnnaudit.layouts.Layout` as ``(N,C,h,w)`` for the model
+    input of the images ``x`` (the subject's ``reshape`` for the layer, else inferred)."""
+    recorded = recording[layer]
+    height, width = subject.prepare(x[:1]).shape[-2:]  # the grid follows the model input (preprocess may resize)
+    input_size = (int(height), int(width))
+    reshape = subject.reshape_for(layer)
+    if reshape is not None:
+        layout = layouts.custom(reshape, recorded, input_size, layer)
+    else:
+        layout = layouts.infer(recorded.shape, input_size, layer)
+    if layout.grid == (1, 1):
         raise ValueError(
-            f"layer {layer!r} outputs shape {tuple(A.shape)}, but CAM methods need a 4-D (N,C,h,w) feature map; "
-            "pick a convolutional layer from subject.layers()"
-        )
-    if A.shape[-2:] == (1, 1):
-        raise ValueError(
-            f"layer {layer!r} outputs a 1x1 map per channel (shape {tuple(A.shape)}: after global pooling), so every "
-            "heatmap would be constant and mass_in of any region would be its area fraction; pick a layer with a "
+            f"layer {layer!r} outputs a 1x1 map per channel (shape {tuple(recorded.shape)}: after global pooling), so "
+            "every heatmap would be constant and mass_in of any region would be its area fraction; pick a layer with a "
             "spatial output from subject.layers() (layer='auto' picks the last one before the head)"
         )
-    return A
+    return recorded, layout
+
+
+def _grid_gradient(layout: layouts.Layout, gradient: torch.Tensor, subject: AuditedModel, layer: str) -> torch.Tensor:
+    """``gradient`` (with respect to the recorded output) read as ``(N,C,h,w)``; ``ValueError`` when a token grid's
+    patch tokens get no gradient at all while its leading tokens do: only the class token feeds the output
+    there (the last block of a ViT), so every map would be zero (one host read, token grids with extra tokens only)."""
+    dA = layout.apply(gradient)
+    if layout.kind != "tokens" or layout.extra == 0:
+        return dA
+    leading = gradient[:, : layout.extra].abs().amax()
+    if bool((dA.abs().amax() == 0) & (leading > 0)):
+        suggestion = layers.last_block_norm(subject.model)
+        instead = f"e.g. {suggestion!r}, " if suggestion is not None else ""
+        raise ValueError(
+            f"layer {layer!r} is a token grid ({layout.description}) whose {layout.grid[0] * layout.grid[1]} patch "
+            f"tokens get no gradient from the target, only its {layout.extra} leading token(s) do: past the last "
+            "attention, only the class token reaches the head, so every map at this layer would be zero. Pick a "
+            f"layer before the last block's attention: its first norm, {instead}as pytorch-grad-cam recommends "
+            "(blocks[-1].norm1); see subject.layers()"
+        )
+    return dA
 
 
 def cam_batch(
     subject: AuditedModel, x: torch.Tensor, target: Target, start: int, layer: str, method: str, limit: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Signed maps ``(B,h,w)``, explained class indices ``(B,)`` and predicted classes ``(B,)`` (``-1`` for an
-    output that is not ``(N, classes)``) for the images ``x`` (on the device).
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str | None]:
+    """Signed maps ``(B,h,w)``, explained class indices ``(B,)``, predicted classes ``(B,)`` (``-1`` for an
+    output that is not ``(N, classes)``) for the images ``x`` (on the device), and how the layer output was read
+    (:attr:`cnnaudit.layouts.Layout.description`: ``"tokens 14x14 +1"``, ``None`` for a plain ``(N,C,h,w)`` map).
 
     Call inside ``subject.audit()``. ``start`` is the batch's offset in the full image set (for
     per-image targets); ``limit`` caps the images in one forward pass (Score-CAM's masked inputs).
+    An image whose target score is undefined (NaN) gets an all-zero map, whatever the method.
     """
     needs_gradient = method in GRADIENT_METHODS
     with hooks.record({layer: subject.module(layer)}, start_graph=needs_gradient) as recording:
         with torch.set_grad_enabled(needs_gradient):
-            output = subject.logits(x)
-    A = _feature_map(recording, layer)
-    scores, indices = select_scores(target, output, start)
-    predictions = predicted(output)
-    if needs_gradient and not output.requires_grad and forward_cuts_graph(subject, x):
+            output = subject.logits(x, any_output=target.reads_any_output)
+    recorded, layout = _feature_map(subject, recording, layer, x)
+    A = layout.apply(recorded)
+    scores, indices = select_scores(target, output, start, x.shape[0])
+    scores, defined = undefined_to_zero(scores)
+    predictions = predicted(output, x.shape[0])
+    if needs_gradient and not _carries_gradient(output) and forward_cuts_graph(subject, x, target.reads_any_output):
         raise ValueError(graph_cut_message(f"layer {layer!r}"))
     if needs_gradient:
-        (dA,) = hooks.gradient(scores, A, output=output)
-        return GRADIENT_METHODS[method](A.detach(), dA), indices, predictions
-    if method == "eigencam":
-        return eigencam(A), indices, predictions
-    with torch.no_grad():
-        return scorecam(A, _masked_scores(subject, x, A, target, indices, limit)), indices, predictions
+        (gradient,) = hooks.gradient(scores, recorded, output=output if isinstance(output, torch.Tensor) else None)
+        dA = _grid_gradient(layout, gradient, subject, layer)
+        L = GRADIENT_METHODS[method](A.detach().float(), dA.float())  # float32 formulas, whatever the model's dtype
+    elif method == "eigencam":
+        L = eigencam(A.float())
+    else:
+        with torch.no_grad():
+            L = scorecam(A.float(), _masked_scores(subject, x, A.float(), target, indices, start, limit).float())
+    return torch.where(defined[:, None, None], L, 0.0), indices, predictions, layout.description
 
 
-def forward_cuts_graph(subject: AuditedModel, x: torch.Tensor) -> bool:
+def _carries_gradient(output: object) -> bool:
+    """Whether any tensor of the model output requires grad."""
+    return any(tensor.requires_grad for tensor in output_tensors(output))
+
+
+def forward_cuts_graph(subject: AuditedModel, x: torch.Tensor, any_output: bool = False) -> bool:
     """Whether the model output does not depend differentiably on its input at all (one extra forward of one
-    image, for error messages): the forward runs under ``no_grad`` / ``inference_mode`` or detaches its features."""
+    image, for error messages): the forward runs under ``no_grad`` / ``inference_mode`` or detaches its features.
+    ``any_output``: the output is taken as the model returns it (a target of ``cnnaudit.targets``)."""
     with torch.inference_mode(False), torch.enable_grad():
         image = x[:1].detach().clone().requires_grad_()
-        output = subject.logits(image)
-    return not (isinstance(output, torch.Tensor) and output.requires_grad)
+        output = subject.logits(image, any_output=any_output)
+    return not _carries_gradient(output)
 
 
 def graph_cut_message(what: str) -> str:
@@ -185,9 +237,11 @@ def graph_cut_message(what: str) -> str:
 
 
 def _masked_scores(
-    subject: AuditedModel, x: torch.Tensor, A: torch.Tensor, target: Target, indices: torch.Tensor, limit: int
+    subject: AuditedModel, x: torch.Tensor, A: torch.Tensor, target: Target, indices: torch.Tensor, start: int,
+    limit: int,
 ) -> torch.Tensor:
-    """Score-CAM's ``s_k`` for every image and channel ``(N,K)``, ``limit`` masked inputs per forward pass.
+    """Score-CAM's ``s_k`` for every image and channel ``(N,K)``, ``limit`` masked inputs per forward pass
+    (``start``: the batch's offset in the image set, each masked copy scored as its image by an image target).
 
     The ``N*K`` (image, channel) pairs form one stream cut into passes of ``limit``, so a pass is
     full even when a layer has fewer channels than ``limit``; each pass builds only its own masks
@@ -201,10 +255,14 @@ def _masked_scores(
     channels = A.flatten(0, 1)
     image_of_pair = torch.arange(n, device=A.device).repeat_interleave(k)
     scores = []
-    for start in range(0, n * k, limit):
-        rows = image_of_pair[start : start + limit]
-        output = subject.forward(model_input.index_select(0, rows) * scorecam_masks(channels[start : start + limit], size))
-        if target.function is not None:
+    for offset in range(0, n * k, limit):
+        rows = image_of_pair[offset : offset + limit]
+        masks = scorecam_masks(channels[offset : offset + limit], size).to(model_input.dtype)
+        masked = model_input.index_select(0, rows) * masks
+        output = subject.forward(masked, any_output=target.reads_any_output)
+        if target.per_image is not None:
+            scores.append(image_scores(target.per_image, output, rows + start))
+        elif target.function is not None:
             scores.append(score_rows(target.function, output))
         else:
             scores.append(output.gather(1, indices.index_select(0, rows)[:, None])[:, 0])  # no host read

@@ -19,8 +19,9 @@ TorchScript parts (the mode cannot see inside them). A forward pass that makes n
 may be such hand-written activations.
 
 The map: the target score's gradient with respect to the input image in ``[0,1]`` (through
-``preprocess``), ``(N,3,H,W)``, reduced over colour channels by the maximum absolute value
-(Simonyan et al. 2014): ``raw_ij = max_c |g_cij|``. Guided Grad-CAM (Selvaraju et al. 2017)
+``preprocess`` and the cast to the model's dtype, so float32 for any model), ``(N,C,H,W)``, reduced
+over the image channels by the maximum absolute value (Simonyan et al. 2014): ``raw_ij = max_c |g_cij|``
+(``|g_ij|`` for grey images). Guided Grad-CAM (Selvaraju et al. 2017)
 multiplies the guided backprop gradient by the ReLU'd Grad-CAM map bilinearly upsampled to the
 image, ``raw_ij = max_c |g_cij| * bilinear(relu(L))_ij``.
 """
@@ -37,7 +38,7 @@ from torch import nn
 
 from cnnaudit import hooks
 from cnnaudit.attribution.cam import cam_batch
-from cnnaudit.attribution.targets import Target, predicted, select_scores
+from cnnaudit.attribution.targets import Target, predicted, select_scores, undefined_to_zero
 from cnnaudit.engine import AuditedModel
 from cnnaudit.relu_mode import ReLUMode
 
@@ -141,20 +142,23 @@ def _check_relus_seen(model: nn.Module, mode: RectifierRule) -> None:
 
 def saliency_batch(
     subject: AuditedModel, x: torch.Tensor, target: Target, start: int, method: str, layer: str | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Maps ``(B,H,W)``, explained class indices ``(B,)`` and predicted classes ``(B,)`` for the images ``x``
-    (call inside ``subject.audit()``)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str | None]:
+    """Maps ``(B,H,W)``, explained class indices ``(B,)``, predicted classes ``(B,)`` and the Grad-CAM layer's
+    layout (guided Grad-CAM, see :func:`cnnaudit.attribution.cam.cam_batch`; else ``None``) for the images ``x``
+    (call inside ``subject.audit()``); an image whose target score is undefined (NaN) gets an all-zero map."""
     _check_scriptless(subject.model)
     image = x.detach().requires_grad_()
     mode = RectifierRule(_RULES[method])
     with mode:
-        output = subject.logits(image)
+        output = subject.logits(image, any_output=target.reads_any_output)
     _check_relus_seen(subject.model, mode)
-    scores, indices = select_scores(target, output, start)
-    (gradient,) = hooks.gradient(scores, image, output=output)
-    raw = gradient.abs().amax(dim=1)
+    scores, indices = select_scores(target, output, start, x.shape[0])
+    scores, defined = undefined_to_zero(scores)
+    (gradient,) = hooks.gradient(scores, image, output=output if isinstance(output, torch.Tensor) else None)
+    raw = torch.where(defined[:, None, None], gradient.abs().amax(dim=1), 0.0)
+    layout = None
     if method == "guided_gradcam":
         assert layer is not None
-        cam, _, _ = cam_batch(subject, x, target, start, layer, "gradcam", x.shape[0])
+        cam, _, _, layout = cam_batch(subject, x, target, start, layer, "gradcam", x.shape[0])
         raw = raw * F.interpolate(cam.clamp(min=0)[:, None], size=raw.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    return raw, indices, predicted(output)
+    return raw, indices, predicted(output, x.shape[0]), layout

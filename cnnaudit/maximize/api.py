@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnaudit import layers
+from cnnaudit import layers, layouts
 from cnnaudit.engine import AuditedModel
 from cnnaudit.maximize import objectives
 from cnnaudit.maximize.loop import DEFAULT_LR, Settings, evaluate, forward_to, optimise, placement
@@ -24,7 +24,8 @@ def maximize(subject: AuditedModel, layer: str | nn.Module | None, channels: Any
              steps: int = 128, size: int = 128, seed: int = 0, param: str = "pixel",
              schedule: str | None = None, lr: float | None = None, transforms: Transforms | str | None = None,
              redirect_steps: int | None = None, offset: tuple[int, int] = (0, 0), batch_size: int | None = None) -> Visualizations:
-    """Optimise one ``size`` x ``size`` image per unit so that it maximises ``objective``.
+    """Optimise one ``size`` x ``size`` image per unit so that it maximises ``objective``; images have
+    ``subject.image_channels`` channels (3 for RGB, 1 for a grey model) and are float32.
 
     * ``objective``: ``"channel"`` (mean of a channel's map), ``"neuron"`` (one position,
       ``offset`` from the map's centre), ``"logit"`` (a class score before softmax; ``layer``
@@ -33,7 +34,9 @@ def maximize(subject: AuditedModel, layer: str | nn.Module | None, channels: Any
     * ``layer``: a ``named_modules()`` name or the module itself (as in ``Subject.gradcam``).
     * ``channels``: ``"all"``, an index, or a list.
     * ``param``: ``"pixel"`` (the default: flashtorch's grey start and normalised gradient ascent,
-      which gets closest to what a unit can reach, see docs/performance.md) or ``"fourier"``
+      annealed: steps of ``lr`` (default 0.4) with Gaussian noise of sd ``2 lr`` for the first half,
+      then quiet steps shrinking to ``lr / 20``; it gets closest to what a unit can reach, see
+      docs/performance.md) or ``"fourier"``
       (Lucid's decorrelated colour and Adam: smoother, more natural-looking images, further from the
       optimum); ``schedule="multiscale"`` (pixels only) is fastai's upscaling schedule.
       ``transforms`` default: Lucid's standard set for Fourier, none for pixels.
@@ -76,11 +79,14 @@ def maximize(subject: AuditedModel, layer: str | nn.Module | None, channels: Any
                               param=param, schedule=schedule, lr=lr, transforms=transforms,
                               redirect_steps=redirect_steps, offset=offset, batch_size=batch_size)
     with subject.audit():  # eval mode, parameters frozen; both restored afterwards
-        grey = torch.full((1, 3, size, size), 0.5, **placement(subject))
+        grey = torch.full((1, subject.image_channels, size, size), 0.5, **placement(subject))
         with torch.no_grad():
-            n_outputs = forward_to(subject, module, grey).shape[1]
+            probe = forward_to(subject, module, grey)
+        read = None if module is None else layouts.reader(subject.reshape_for(layer_name), probe,
+                                                           subject.prepare(grey).shape[-2:], layer_name)
+        n_outputs = (read(probe) if read is not None else probe).shape[1]
         goal = objectives.build(objective, channels, n_outputs, classes=subject.classes,
-                                class_index=subject.class_index, offset=offset)
+                                class_index=subject.class_index, offset=offset, read=read)
         chunk = batch_size or subject.batch_size or len(goal)
         finals, start_values, final_values = [], [], []
         # one updating terminal line (cnnaudit.progress): a step of k units advances it by k

@@ -7,7 +7,9 @@ Every objective has two readings of the same formula:
 * ``reference(out)`` — what a real image offers each unit (``relative_to``, ``liveness``): ``matrix``,
   but a neuron at the strongest position of its channel (the best real patch).
 
-Formulas, with ``a`` the layer output of one image (``(C,h,w)`` or ``(C,)``):
+Formulas, with ``a`` the layer output of one image (``(C,h,w)`` or ``(C,)``; a token grid or channels-last
+output is first read as ``(C,h,w)`` by ``Objective.read``, see :mod:`cnnaudit.layouts`, so a channel is a
+feature dimension ``C`` over the grid):
 
 * ``channel``   — ``mean_{y,x} a[c, y, x]`` (``a[c]`` for a ``(C,)`` output);
 * ``neuron``    — ``a[c, h//2 + dy, w//2 + dx]`` (``offset=(dy, dx)`` from the map's centre, so the
@@ -23,7 +25,7 @@ import dataclasses
 import operator
 import zlib
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -41,6 +43,11 @@ class Objective:
     keys: tuple[int, ...]
     offset: tuple[int, int] = (0, 0)
     directions: torch.Tensor | None = None  # (K, C) for kind == "direction"
+    read: Callable[[torch.Tensor], torch.Tensor] | None = None  # the layer output as (N, C, h, w); None: as it is
+
+    def layer_map(self, out: torch.Tensor) -> torch.Tensor:
+        """The layer output ``out`` as ``(N, C, h, w)`` (or ``(N, C)``): ``read(out)``, else ``out`` as it is."""
+        return self.read(out) if self.read is not None else out
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -55,6 +62,7 @@ class Objective:
 
     def paired(self, out: torch.Tensor) -> torch.Tensor:
         """Objective of image ``k`` on unit ``k``: ``(K,)`` from a ``(K, ...)`` output."""
+        out = self.layer_map(out)
         if self.kind == "direction":
             d = self.directions.to(out.device, out.dtype)
             return _spatial_mean(torch.einsum("kc...,kc->k...", out, d), 1)
@@ -63,6 +71,7 @@ class Objective:
 
     def matrix(self, out: torch.Tensor) -> torch.Tensor:
         """Objective of every image on every unit: ``(M, K)`` from an ``(M, ...)`` output."""
+        out = self.layer_map(out)
         if self.kind == "direction":
             d = self.directions.to(out.device, out.dtype)
             return _spatial_mean(torch.einsum("mc...,kc->mk...", out, d), 2)
@@ -74,7 +83,7 @@ class Objective:
         and the same filter at another position is the same unit on a shifted image)."""
         if self.kind != "neuron":
             return self.matrix(out)
-        selected = out[:, list(self.units)]
+        selected = self.layer_map(out)[:, list(self.units)]
         if selected.ndim != 4:
             raise ValueError("the neuron objective needs a layer with a spatial (N,C,h,w) output; "
                              "use objective='channel' for a (N,C) output")
@@ -99,12 +108,13 @@ def _spatial_mean(t: torch.Tensor, batch_dims: int) -> torch.Tensor:
 
 
 def build(kind: str, channels: Any, n_outputs: int, *, classes: Sequence[str] | None, class_index: Any,
-          offset: tuple[int, int] = (0, 0)) -> Objective:
-    """Validate ``channels`` for ``kind`` against a layer with ``n_outputs`` channels (or classes)."""
+          offset: tuple[int, int] = (0, 0), read: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Objective:
+    """Validate ``channels`` for ``kind`` against a layer with ``n_outputs`` channels (or classes); ``read``: how
+    the layer output becomes ``(N, C, h, w)`` (``None``: it is that, or ``(N, C)``, already)."""
     if kind not in KINDS:
         raise ValueError(f"unknown objective {kind!r}; choose one of {', '.join(KINDS)}")
     if kind == "direction":
-        return _directions(channels, n_outputs)
+        return dataclasses.replace(_directions(channels, n_outputs), read=read)
     if isinstance(channels, str) and channels == "all":
         units = list(range(n_outputs))
     elif isinstance(channels, (int, np.integer, str)):
@@ -120,7 +130,7 @@ def build(kind: str, channels: Any, n_outputs: int, *, classes: Sequence[str] | 
         labels = tuple(classes[i] if i < len(classes) else f"class {i}" for i in indices)
     else:
         labels = tuple(f"{'class' if kind == 'logit' else 'channel'} {i}" for i in indices)
-    return Objective(kind, tuple(indices), labels, tuple(indices), offset=tuple(offset))
+    return Objective(kind, tuple(indices), labels, tuple(indices), offset=tuple(offset), read=read)
 
 
 def _index(unit: Any, n_outputs: int, kind: str) -> int:

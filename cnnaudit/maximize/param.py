@@ -1,4 +1,7 @@
-"""Image parameterisations: what the optimiser changes, and how it becomes an RGB image in ``[0,1]``.
+"""Image parameterisations: what the optimiser changes, and how it becomes an image in ``[0,1]``.
+
+Images have ``channels`` channels (the subject's ``image_channels``: 3 for RGB, 1 for grey, any
+``C``), always float32; only RGB images get the colour decorrelation.
 
 * :class:`PixelImage` — the pixels themselves, started flashtorch-style from uniform grey
   ``150..179 / 255`` (or from uniform noise in ``[0,1)``) and kept in ``[0,1]`` by clamping after
@@ -7,7 +10,8 @@
   a spectrum ``s`` (initialised ``N(0, 0.01^2)``) scaled by ``1 / max(f, 1/S)`` per frequency ``f``
   (cycles/pixel), the constant term (``f = 0``) by :data:`DC_BOOST` times that,
   ``t = irfft2(scale * s, norm="ortho") / 4``, colours decorrelated by the square root of ImageNet's
-  colour covariance ``rgb = M t``, and ``image = sigmoid(rgb)``.
+  colour covariance ``rgb = M t``, and ``image = sigmoid(rgb)`` (for ``C != 3`` channels there is no
+  colour covariance to undo: ``image = sigmoid(t)``).
 
   Why the boost: with Lucid's scale an Adam step of ``lr`` on the constant term moves every
   pre-sigmoid value by ``lr * S / (S * 4) = lr / 4``, and the sigmoid's slope is at most ``1/4``, so the
@@ -37,15 +41,17 @@ class PixelImage:
         self.pixels = pixels.detach().clone().requires_grad_(True)
 
     @classmethod
-    def grey_noise(cls, size: int, generators: Sequence[torch.Generator], placement: dict) -> PixelImage:
+    def grey_noise(cls, size: int, generators: Sequence[torch.Generator], placement: dict,
+                   channels: int = 3) -> PixelImage:
         """flashtorch's start: integers uniform in ``[150, 180)`` divided by 255, one stream per image."""
-        pixels = torch.stack([torch.randint(150, 180, (3, size, size), generator=g) for g in generators])
+        pixels = torch.stack([torch.randint(150, 180, (channels, size, size), generator=g) for g in generators])
         return cls(pixels.to(**placement).div(255.0))
 
     @classmethod
-    def uniform_noise(cls, size: int, generators: Sequence[torch.Generator], placement: dict) -> PixelImage:
+    def uniform_noise(cls, size: int, generators: Sequence[torch.Generator], placement: dict,
+                      channels: int = 3) -> PixelImage:
         """Pixels uniform in ``[0,1)``, one stream per image: a start far from grey."""
-        return cls(torch.stack([torch.rand((3, size, size), generator=g) for g in generators]).to(**placement))
+        return cls(torch.stack([torch.rand((channels, size, size), generator=g) for g in generators]).to(**placement))
 
     def leaves(self) -> list[torch.Tensor]:
         return [self.pixels]
@@ -68,7 +74,8 @@ class PixelImage:
 class FourierImage:
     """Decorrelated-colour Fourier parameterisation (see the module docstring)."""
 
-    def __init__(self, size: int, generators: Sequence[torch.Generator], placement: dict, sd: float = 0.01) -> None:
+    def __init__(self, size: int, generators: Sequence[torch.Generator], placement: dict, sd: float = 0.01,
+                 channels: int = 3) -> None:
         fy = torch.fft.fftfreq(size)[:, None]
         fx = torch.fft.rfftfreq(size)[None, :]
         freqs = torch.sqrt(fx * fx + fy * fy)
@@ -76,10 +83,10 @@ class FourierImage:
         scale = 1.0 / freqs.clamp(min=1.0 / size)
         scale[0, 0] *= DC_BOOST
         self.scale = scale.to(**placement)
-        shape = (3, size, size // 2 + 1, 2)
+        shape = (channels, size, size // 2 + 1, 2)
         spectrum = torch.stack([torch.randn(shape, generator=g, dtype=torch.float32) * sd for g in generators])
         self.spectrum = spectrum.to(**placement).requires_grad_(True)
-        self.color = COLOR_DECORRELATION.to(**placement)
+        self.color = COLOR_DECORRELATION.to(**placement) if channels == 3 else None
 
     def leaves(self) -> list[torch.Tensor]:
         return [self.spectrum]
@@ -87,6 +94,8 @@ class FourierImage:
     def image(self) -> torch.Tensor:
         spectrum = torch.view_as_complex(self.spectrum) * self.scale
         t = torch.fft.irfft2(spectrum, s=(self.size, self.size), norm="ortho") / 4.0
+        if self.color is None:
+            return torch.sigmoid(t)
         return torch.sigmoid(torch.einsum("dc,kchw->kdhw", self.color, t))
 
     def project(self) -> None:

@@ -4,14 +4,15 @@ The run that made the visualisations answers a different question (the best robu
 its random transforms pad with grey, so a unit may have fired only on the padding, and it keeps
 only its last image. For the units whose optimised image scores ``<= eps`` the search instead runs,
 from each start of :func:`starts` (grey noise with seeds ``s, s+1, s+2``, then uniform noise;
-``s`` = the run's seed), ``max(run steps, 64)`` steps of normalised pixel ascent with no random
-transforms and the redirected ReLU gradient throughout (so an off unit's pre-activation is pushed
-up), and scores the untransformed image before the first step and after every step. For a channel
-of a spatial layer, :data:`NEURON_OFFSETS` starts then climb one position of the channel (the
-``neuron`` objective) while still scoring the channel: pushing the whole map up can silence the
-inputs a unit needs (its mean pre-activation falls when its weights are mostly negative), while a
-single position finds a local pattern; a unit of a trained network that no test image drives, and
-that the map-wide climb leaves at 0, reached 0.87 this way::
+``s`` = the run's seed), ``max(run steps, 64)`` plain steps of normalised pixel ascent
+(:data:`SEARCH_LR`, not annealed) with no random transforms and the redirected ReLU gradient
+throughout (so an off unit's pre-activation is pushed up), and scores the untransformed image
+before the first step and after every step. For a channel of a spatial layer, :data:`NEURON_OFFSETS`
+starts then climb one position of the channel (the ``neuron`` objective) while still scoring the
+channel: pushing the whole map up can silence the inputs a unit needs (its mean pre-activation falls
+when its weights are mostly negative), while a single position finds a local pattern; a unit of a
+trained network that no test image drives, and that the map-wide climb leaves at 0, reached 0.87
+this way::
 
     found_k = first (start i, step t) with J_k(x_{i,t}) > eps, else argmax_{i,t} J_k(x_{i,t})
 
@@ -29,12 +30,15 @@ import torch
 from torch import nn
 
 from cnnaudit.engine import AuditedModel
-from cnnaudit.maximize.loop import DEFAULT_LR, Settings, evaluate, forward_to, placement, trajectory
+from cnnaudit.maximize.loop import Settings, evaluate, forward_to, placement, trajectory
 from cnnaudit.maximize.objectives import Objective
 from cnnaudit.maximize.transforms import Transforms
 
 #: fewest ascent steps per start (more when the run itself took more)
 MIN_STEPS = 64
+#: the search's step: plain normalised ascent, not annealed (it scores every step and wants the first one
+#: above ``eps``, not the best final image; noise would slow and blur that climb)
+SEARCH_LR = 0.05
 #: grey-noise starts (seeds ``s .. s + GREY_STARTS - 1``) before the uniform-noise one
 GREY_STARTS = 3
 #: positions (from the map's centre) climbed one at a time for a channel of a spatial layer, after the map-wide starts
@@ -62,7 +66,7 @@ def starts(settings: Settings, spatial_channel: bool) -> list[Start]:
     """The search's runs for a visualisation made with ``settings`` (see the module docstring)."""
     steps = max(settings.steps, MIN_STEPS)
     grey = Settings(steps=steps, size=settings.size, seed=settings.seed, param="pixel", schedule=None,
-                    lr=DEFAULT_LR[("pixel", None)], transforms=Transforms.none(), redirect_steps=steps)
+                    lr=SEARCH_LR, transforms=Transforms.none(), redirect_steps=steps, anneal=False)
     runs = [Start(dataclasses.replace(grey, seed=settings.seed + i)) for i in range(GREY_STARTS)]
     runs.append(Start(dataclasses.replace(grey, pixel_start="uniform")))
     if spatial_channel:
@@ -103,4 +107,5 @@ def _spatial_channel(subject: AuditedModel, module: nn.Module | None, objective:
     if objective.kind != "channel" or module is None:
         return False
     with torch.no_grad():
-        return forward_to(subject, module, torch.full((1, 3, settings.size, settings.size), 0.5, **placement(subject))).ndim == 4
+        grey = torch.full((1, subject.image_channels, settings.size, settings.size), 0.5, **placement(subject))
+        return objective.layer_map(forward_to(subject, module, grey)).ndim == 4

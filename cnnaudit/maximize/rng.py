@@ -11,8 +11,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-#: stream purposes, so initialisation, training transforms and robustness checks never share draws
-INIT, TRANSFORMS, ROBUSTNESS = 0, 1, 2
+#: stream purposes, so initialisation, training transforms, robustness checks and the pixel ascent's noise
+#: never share draws
+INIT, TRANSFORMS, ROBUSTNESS, NOISE = 0, 1, 2, 3
 
 
 def unit_generator(seed: int, key: int, purpose: int) -> torch.Generator:

@@ -1,4 +1,4 @@
-"""Image statistics behind the ``Visualizations`` checks, as plain functions on ``(N,3,H,W)`` tensors."""
+"""Image statistics behind the ``Visualizations`` checks, as plain functions on ``(N,C,H,W)`` tensors."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def high_frequency_share(images: torch.Tensor, cutoff: float = HIGH_FREQUENCY) -
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
-    """SSIM (``skimage.metrics.structural_similarity``) of two ``(3,H,W)`` images in ``[0,1]``."""
+    """SSIM (``skimage.metrics.structural_similarity``, averaged over channels) of two ``(C,H,W)`` images in ``[0,1]``."""
     if a.shape != b.shape:
         raise ValueError(f"cannot compare images of shapes {tuple(a.shape)} and {tuple(b.shape)}")
     return float(structural_similarity(_hwc(a), _hwc(b), channel_axis=-1, data_range=1.0))

@@ -24,7 +24,7 @@ from torch import nn
 
 from cnnaudit import evidence
 from cnnaudit.engine import AuditedModel
-from cnnaudit.images import as_batch, iter_batches
+from cnnaudit.images import as_batch, display_rgb, iter_batches
 from cnnaudit.maximize import reach, stats
 from cnnaudit.maximize.loop import Settings, forward_to, placement
 from cnnaudit.maximize.objectives import Objective
@@ -55,7 +55,8 @@ class Liveness:
 
 
 class Visualizations:
-    """Images ``(K,3,S,S)`` in ``[0,1]`` (CPU) maximising ``K`` units of ``layer``, with their statistics.
+    """Images ``(K,C,S,S)`` in ``[0,1]`` (float32, CPU; ``C`` = ``subject.image_channels``) maximising ``K``
+    units of ``layer``, with their statistics.
 
     ``channels`` are the unit indices (channels, class indices, or direction numbers), ``labels``
     their names. ``start`` and ``achieved`` are the objective on the first and the final image
@@ -219,7 +220,7 @@ class Visualizations:
 
     def similarity_to(self, baseline: Visualizations | Any) -> Scores:
         """SSIM of each image with the same unit's image in ``baseline`` (an earlier release's
-        ``Visualizations`` or its images ``(K,3,S,S)``): drift of preferred stimuli."""
+        ``Visualizations`` or its images ``(K,C,S,S)``): drift of preferred stimuli."""
         if isinstance(baseline, Visualizations):
             if baseline.labels != self.labels:
                 raise ValueError(f"baseline visualises units {baseline.labels}, this run {self.labels}; compare the same units")
@@ -231,10 +232,11 @@ class Visualizations:
         return self._scores([stats.ssim(a, b) for a, b in zip(self.images, reference)], "similarity_to_baseline")
 
     def grid(self, columns: int | None = None) -> np.ndarray:
-        """All images tiled into one uint8 ``(H,W,3)`` array (for reports)."""
+        """All images tiled into one uint8 ``(H,W,3)`` array (for reports; channels shown by
+        :func:`cnnaudit.images.display_rgb`)."""
         from cnnaudit.render import grid
 
-        return grid(self.images, columns=columns)
+        return grid(display_rgb(self.images), columns=columns)
 
     def _scores(self, values: Any, name: str) -> Scores:
         from cnnaudit.scores import Scores
