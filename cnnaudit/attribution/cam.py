@@ -174,6 +174,29 @@ def _grid_gradient(layout: layouts.Layout, gradient: torch.Tensor, subject: Audi
     return dA
 
 
+CANCELLED = 1e-4
+"""A map is rounding noise when ``max |L|`` is at most this fraction of its terms' bound (:func:`_check_not_cancelled`)."""
+
+
+def _check_not_cancelled(L: torch.Tensor, A: torch.Tensor, dA: torch.Tensor, method: str, layer: str,
+                         defined: torch.Tensor) -> None:
+    """``ValueError`` when every defined map of the batch is rounding noise: ``max_ij |L_ij| <= CANCELLED * max_ij
+    B_ij`` with ``B`` the method's formula on ``|A|`` and ``|dA|`` (an upper bound of ``|L|`` for Grad-CAM,
+    HiResCAM and LayerCAM). HiResCAM at a layer that feeds only a normalisation over channels (Swin's last
+    stage, then ``norm``) is such a case: ``LN(c x) = LN(x)``, so ``sum_k dS/dA_k A_k = 0`` at every position and
+    the map is float32 cancellation, which normalisation would blow up to a full-contrast picture of noise. One
+    host read; called for token-grid, channels-last and reshaped layers only, where transformers put such norms."""
+    bound = GRADIENT_METHODS[method](A.abs(), dA.abs()).flatten(1).amax(dim=1)
+    noise = (L.flatten(1).abs().amax(dim=1) <= CANCELLED * bound) & (bound > 0)
+    if bool((noise | ~defined).all() & (noise & defined).any()):
+        raise ValueError(
+            f"{method} at layer {layer!r} cancels to rounding noise: its largest value is at most {CANCELLED:g} of the "
+            "size of its terms on every image, as when the layer feeds only a normalisation over channels (a "
+            "LayerNorm right after it, e.g. swin_t's features.7): sum_k dS/dA_k * A_k is then 0 exactly. Use "
+            "method='gradcam' or 'layercam' at this layer, or the layer after the norm (e.g. swin_t's 'permute')"
+        )
+
+
 def cam_batch(
     subject: AuditedModel, x: torch.Tensor, target: Target, start: int, layer: str, method: str, limit: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str | None]:
@@ -199,7 +222,10 @@ def cam_batch(
     if needs_gradient:
         (gradient,) = hooks.gradient(scores, recorded, output=output if isinstance(output, torch.Tensor) else None)
         dA = _grid_gradient(layout, gradient, subject, layer)
-        L = GRADIENT_METHODS[method](A.detach().float(), dA.float())  # float32 formulas, whatever the model's dtype
+        A, dA = A.detach().float(), dA.float()  # float32 formulas, whatever the model's dtype
+        L = GRADIENT_METHODS[method](A, dA)
+        if method in ("gradcam", "hirescam", "layercam") and layout.kind != "nchw":
+            _check_not_cancelled(L, A, dA, method, layer, defined)
     elif method == "eigencam":
         L = eigencam(A.float())
     else:
