@@ -49,7 +49,8 @@ SOBEL = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])
 
 CNNAUDIT_METHODS = {
     "default (pixel)": {},
-    "pixel, plain ascent": {"lr": 0.05, "anneal": False},  # the previous default: shows what annealing changes
+    "pixel, annealed only": {"ascent": "annealed"},  # the default's two runs, each alone
+    "pixel, plain only": {"ascent": "plain"},  # (plain only: the default before annealing)
     "pixel, no leak": {"leak": 0.0},  # shows what the leak at the objective's ReLU changes
     "fourier": {"param": "fourier"},
     "fourier, no transforms": {"param": "fourier", "transforms": "none"},
@@ -154,21 +155,16 @@ def score(unit: Unit, image: torch.Tensor) -> float:
 
 
 def run_cnnaudit(unit: Unit, steps: int, size: int, kwargs: dict) -> torch.Tensor:
-    """``maximize`` with ``kwargs``; ``leak`` and ``anneal`` (not arguments of ``maximize``) override
-    ``loop.LEAK`` and switch off the pixel ascent's annealing (every step noisy, at noise 0: plain steps of ``lr``)."""
+    """``maximize`` with ``kwargs``; ``leak`` (not an argument of ``maximize``) overrides ``loop.LEAK``."""
     from cnnaudit.maximize import loop
 
     kwargs = dict(kwargs)
     default_leak, loop.LEAK = loop.LEAK, kwargs.pop("leak", loop.LEAK)
-    annealing = loop.NOISE_SD, loop.ANNEAL
-    if not kwargs.pop("anneal", True):
-        loop.NOISE_SD, loop.ANNEAL = 0.0, 1.0
     try:
         subject = Subject(unit.model, device="cpu", cache=False)
         vis = maximize(subject, unit.layer, [unit.channel], objective=unit.objective, steps=steps, size=size, **kwargs)
     finally:
         loop.LEAK = default_leak
-        loop.NOISE_SD, loop.ANNEAL = annealing
     return vis.images
 
 

@@ -78,3 +78,27 @@ def test_the_paired_gate_detects_a_drop_the_summary_gate_misses_at_the_same_fals
     assert power["smallest_drop_detected_80pct"] == {"summary": None, "paired": 0.01}
     size = figures["baseline_size"]
     assert size["lines"] < 40 * 3 and 10 < size["bytes_per_value"] < 40  # lines per Scores, not per image
+
+
+def test_maximisation_sweep_scores_every_setting_on_every_layer(tmp_path):
+    """``bench_maximize_sweep.py`` at toy settings: per unit the default keeps the better of its two runs,
+    so per layer it is never behind either run alone."""
+    run = subprocess.run(
+        [sys.executable, "benchmarks/bench_maximize_sweep.py", "--steps", "2", "--size", "32", "--resnet-units", "2",
+         "--threads", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    figures = json.loads(run.stdout)
+    assert [(r["model"], r["layer"]) for r in figures["layers"]][-2:] == [("random resnet18", "layer2.0.relu"),
+                                                                          ("random resnet18", "layer3.1.relu")]
+    assert len(figures["layers"]) == 3 * 3 + 2 and figures["live_units"] == sum(r["live"] for r in figures["layers"])
+    for row in figures["layers"]:
+        if not row["live"]:
+            continue
+        assert max(row["min_fraction_of_best"].values()) <= 1.0
+        for alone in ("annealed only", "plain only"):
+            assert row["mean_fraction_of_best"]["default"] >= row["mean_fraction_of_best"][alone] - 1e-3, row
+            assert row["min_fraction_of_best"]["default"] >= row["min_fraction_of_best"][alone] - 1e-3, row
+            assert row["below_0.9"]["default"] <= row["below_0.9"][alone], row
+    assert set(figures["seconds_per_unit"]) == set(figures["settings"])

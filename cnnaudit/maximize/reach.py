@@ -66,7 +66,7 @@ def starts(settings: Settings, spatial_channel: bool) -> list[Start]:
     """The search's runs for a visualisation made with ``settings`` (see the module docstring)."""
     steps = max(settings.steps, MIN_STEPS)
     grey = Settings(steps=steps, size=settings.size, seed=settings.seed, param="pixel", schedule=None,
-                    lr=SEARCH_LR, transforms=Transforms.none(), redirect_steps=steps, anneal=False)
+                    lr=SEARCH_LR, transforms=Transforms.none(), redirect_steps=steps, ascent="plain")
     runs = [Start(dataclasses.replace(grey, seed=settings.seed + i)) for i in range(GREY_STARTS)]
     runs.append(Start(dataclasses.replace(grey, pixel_start="uniform")))
     if spatial_channel:
