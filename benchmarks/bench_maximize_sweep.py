@@ -6,7 +6,7 @@ resnet18 unit). This sweep asks the issue's question of every live unit of the l
 default reach at least 0.9 of the best value any of cnnaudit's settings reaches on that unit?
 
 Layers: ``features.relu1``, ``relu2`` and ``relu4`` of the three shipped demo CNNs (trained locally by
-this project; 8 + 16 + 32 channels each) and ``--resnet-units`` channels of a seeded random resnet18's
+this project; every channel: 8 + 16 + 32 each) and ``--resnet-units`` channels of a seeded random resnet18's
 ``layer2.0.relu`` and ``layer3.1.relu``. Each setting optimises all of a layer's units in one call (same
 steps, size and seed); the value is ``vis.achieved``, the objective on the final untransformed image.
 A unit is live when some setting drives it above 1e-6. Per layer and setting: the mean and min of
@@ -45,8 +45,9 @@ def layers(resnet_units: int) -> list[tuple[str, nn.Module, str, list[int]]]:
     found = []
     for name in demo.SHIPPED:
         model = demo.shipped_model(name).eval()
-        for layer, channels in (("features.relu1", 8), ("features.relu2", 16), ("features.relu4", 32)):
-            found.append((name, model, layer, list(range(channels))))
+        for layer, conv in (("features.relu1", model.features.conv1), ("features.relu2", model.features.conv2),
+                            ("features.relu4", model.features.conv4)):
+            found.append((name, model, layer, list(range(conv.out_channels))))
     torch.manual_seed(0)
     resnet = torchvision.models.resnet18(num_classes=10).eval()
     found += [("random resnet18", resnet, layer, list(range(resnet_units))) for layer in ("layer2.0.relu", "layer3.1.relu")]

@@ -43,7 +43,9 @@ def maximize(subject: AuditedModel, layer: str | nn.Module | None, channels: Any
       Gaussian noise of sd ``2 lr`` for the first half, then quiet steps shrinking to ``lr / 20``;
       ``"plain"`` takes steps of ``lr`` (default 0.05) without noise; ``"best"`` (the default) runs annealed ascent
       and plain ascent at ``lr / 8`` from the same start and keeps, per unit, the image that scores
-      higher: twice the time, for units that either one alone leaves below 0.9 of what they reach.
+      higher (the annealed one on a tie). It costs twice the time; each ascent alone ends below 0.9
+      of the other on some units (docs/performance.md). Where the two score within float rounding
+      of each other, another ``batch_size`` may keep the other image (the value moves by rounding).
     * The first ``redirect_steps`` steps (default: all) use Lucid's redirected ReLU gradient. It
       only acts on an image while the plain gradient through a ReLU layer is zero for it, i.e.
       until its unit fires, so keeping it on changes nothing once a unit is reached and spares
@@ -59,13 +61,14 @@ def maximize(subject: AuditedModel, layer: str | nn.Module | None, channels: Any
         raise ValueError(f"unknown param {param!r}; choose 'fourier' or 'pixel'")
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choose None or 'multiscale'")
-    if ascent not in ASCENTS:
-        raise ValueError(f"unknown ascent {ascent!r}; choose one of {', '.join(map(repr, ASCENTS))}")
-    if ascent != "best" and (param != "pixel" or schedule is not None):
-        raise ValueError(f"ascent={ascent!r} chooses how pixels climb without a schedule; it does not apply to "
-                         f"param={param!r}, schedule={schedule!r}: leave ascent at its default")
     if schedule == "multiscale" and param != "pixel":
         raise ValueError("the multiscale schedule upscales pixels; use param='pixel' with schedule='multiscale'")
+    if ascent not in ASCENTS:
+        raise ValueError(f"unknown ascent {ascent!r}; choose one of {', '.join(map(repr, ASCENTS))}")
+    pixel_ascent = param == "pixel" and schedule is None
+    if ascent != "best" and not pixel_ascent:
+        raise ValueError(f"ascent={ascent!r} chooses how pixels climb without a schedule; it does not apply to "
+                         f"param={param!r}, schedule={schedule!r}: leave ascent at its default")
     if isinstance(layer, nn.Module):
         layer = layers.layer_name(subject.model, layer)
     redirect_steps = steps if redirect_steps is None else redirect_steps
@@ -75,7 +78,7 @@ def maximize(subject: AuditedModel, layer: str | nn.Module | None, channels: Any
     settings = Settings(steps=steps, size=size, seed=seed, param=param, schedule=schedule,
                         lr=_default_lr(param, schedule, ascent) if lr is None else float(lr),
                         transforms=_transforms(transforms, param, size), redirect_steps=redirect_steps,
-                        ascent=ascent)
+                        ascent=ascent if pixel_ascent else None)
     if objective == "logit":
         if layer not in LOGIT_LAYERS:
             raise ValueError(f"objective='logit' scores the model output; pass layer=None, not {layer!r} "

@@ -33,9 +33,8 @@ and the last.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator
 
 import torch
@@ -81,18 +80,23 @@ class Settings:
     transforms: Transforms
     redirect_steps: int
     pixel_start: str = "grey"  #: a key of :data:`PIXEL_STARTS` (pixel parameterisation only)
-    #: the pixel ascent (no schedule), a key of :data:`ASCENTS`: ``"annealed"`` follows :func:`pixel_schedule`;
-    #: ``"plain"`` takes steps of ``lr``, no noise; ``"best"`` runs both (plain at ``PLAIN_STEP * lr``) and keeps,
-    #: per unit, the image that scores higher (:func:`optimise`)
-    ascent: str = "best"
+    #: the pixel ascent without a schedule, one of :data:`ASCENTS` (``None`` for Fourier and multiscale runs):
+    #: ``"annealed"`` follows :func:`pixel_schedule`; ``"plain"`` takes steps of ``lr``, no noise; ``"best"``
+    #: runs both (plain at ``PLAIN_STEP * lr``) and keeps, per unit, the image that scores higher (:func:`optimise`)
+    ascent: str | None = "best"
+
+    def __post_init__(self) -> None:
+        pixel_ascent = self.param == "pixel" and self.schedule is None
+        if (self.ascent in ASCENTS) != pixel_ascent:
+            raise ValueError(f"Settings.ascent={self.ascent!r} with param={self.param!r}, schedule={self.schedule!r}: "
+                             f"pixels without a schedule take one of {ASCENTS}, other runs None")
 
     @property
     def runs(self) -> list[Settings]:
-        """The single-ascent runs :func:`optimise` makes: two for ``ascent="best"`` pixel ascent, else this one."""
-        if self.param != "pixel" or self.schedule is not None or self.ascent != "best":
+        """The single-ascent runs :func:`optimise` makes: two for ``ascent="best"``, else this one."""
+        if self.ascent != "best":
             return [self]
-        return [dataclasses.replace(self, ascent="annealed"),
-                dataclasses.replace(self, ascent="plain", lr=self.lr * PLAIN_STEP)]
+        return [replace(self, ascent="annealed"), replace(self, ascent="plain", lr=self.lr * PLAIN_STEP)]
 
 
 def forward_to(subject: AuditedModel, module: nn.Module | None, images: torch.Tensor) -> torch.Tensor:
@@ -152,6 +156,8 @@ def trajectory(subject: AuditedModel, module: nn.Module | None, objective: Objec
     The object is updated in place (multiscale: a new one after each upscaling), so read its
     ``.image()`` before advancing the iterator.
     """
+    if settings.ascent == "best":
+        raise ValueError("trajectory runs one ascent; iterate over settings.runs (optimise does)")
     where = placement(subject)
     init = unit_generators(settings.seed, objective.keys, INIT)
     streams = unit_generators(settings.seed, objective.keys, TRANSFORMS)
