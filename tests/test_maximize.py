@@ -175,6 +175,23 @@ def test_default_keeps_per_unit_the_better_of_annealed_and_plain_ascent() -> Non
     assert annealed.achieved[0] > plain.achieved[0] and torch.equal(edge.images[0], annealed.images[0])
 
 
+def test_a_channel_both_ascents_leave_off_climbs_its_centre_position() -> None:
+    """Unit 13 of the demo candidate's relu4 fires for no test image, and climbing the whole map
+    silences the inputs it needs: both ascents end at exactly 0. The default then climbs the centre
+    position from the same start and keeps that image, on which the channel mean (checked with the
+    model itself) is far above 0; Fourier and multiscale reached at most 0.017 on it."""
+    from cnnaudit import demo
+
+    model = demo.shipped_model("candidate")
+    run = {ascent: maximize(subject_of(model), "features.relu4", [13], steps=128, size=64, ascent=ascent)
+           for ascent in ("best", "annealed", "plain")}
+    assert run["annealed"].achieved[0] == run["plain"].achieved[0] == 0
+    with torch.no_grad():
+        channel = model.features((run["best"].images - 0.5) / 0.25)[0, 13].mean().item()  # relu4 ends features
+    assert run["best"].achieved[0] == pytest.approx(channel, rel=1e-5) and channel > 0.5
+    assert run["best"].liveness()[0].source == "optimised image"
+
+
 def test_pixel_schedule_hand_example() -> None:
     """10 steps of lr 0.4: 5 noisy ones (step 0.4, noise sd 0.8), then steps falling linearly to 0.02."""
     from cnnaudit.maximize.loop import pixel_schedule
@@ -297,9 +314,10 @@ def test_reachability_search_finds_a_precise_pattern_the_run_missed() -> None:
 
 def test_real_images_rescue_a_unit_the_optimiser_did_not_reach() -> None:
     """The channel mean of the pattern detector: grey is -3.5 before the ReLU everywhere; the real
-    image holding the pattern once scores (10 - 9.5) / 16^2. The search is not needed, so not run."""
+    image holding the pattern once scores (10 - 9.5) / 16^2. The search is not needed, so not run.
+    (One ascent: the default's centre climb finds the pattern by itself.)"""
     model, pattern = pattern_model()
-    vis = maximize(subject_of(model), "1", [0], steps=4, size=16)
+    vis = maximize(subject_of(model), "1", [0], steps=4, size=16, ascent="annealed")
     assert vis.achieved[0] == 0
     real = torch.full((2, 3, 16, 16), 0.5)
     real[1, :, 6:9, 3:6] = pattern
@@ -604,7 +622,7 @@ def test_the_search_climbs_single_positions_where_the_map_wide_climb_silences_th
 
 def test_an_empty_image_set_leaves_relative_activation_undefined_and_rescues_nothing() -> None:
     model, _ = pattern_model()
-    vis = maximize(subject_of(model), "1", [0], steps=4, size=16)
+    vis = maximize(subject_of(model), "1", [0], steps=4, size=16, ascent="annealed")  # leaves the unit off
     with pytest.warns(UserWarning, match="matched none of the 2 images"):
         empty = ImageSet(torch.rand(2, 3, 16, 16), ids=["a", "b"]).where([False, False])
     assert all(value != value for value in vis.relative_to(empty).values)  # NaN

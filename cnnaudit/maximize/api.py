@@ -106,7 +106,7 @@ def maximize(subject: AuditedModel, layer: str | nn.Module | None, channels: Any
         with progress(len(goal) * steps * len(settings.runs), f"maximize {layer_name}, {len(goal)} units", unit="unit steps") as bar:
             for lo in range(0, len(goal), chunk):
                 part = goal.select(range(lo, min(lo + chunk, len(goal))))
-                start, final = optimise(subject, module, part, settings, advance=bar.advance)
+                start, final = optimise(subject, module, part, settings, bar=bar)
                 finals.append(final.cpu())
                 start_values.append(evaluate(subject, module, part, start))
                 final_values.append(evaluate(subject, module, part, final))

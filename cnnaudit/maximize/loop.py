@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, replace
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -47,6 +47,7 @@ from cnnaudit.maximize.param import FourierImage, PixelImage
 from cnnaudit.maximize.redirect import leak_at, redirected_relus
 from cnnaudit.maximize.rng import INIT, NOISE, TRANSFORMS, unit_generators
 from cnnaudit.maximize.transforms import Transforms
+from cnnaudit.progress import Progress
 
 #: fastai's visualiser: upscale by 1.2 between scales, at most 12 times, Adam weight decay 1e-6
 UPSCALE, MAX_UPSCALINGS, MIN_START_SIZE, WEIGHT_DECAY = 1.2, 12, 16, 1e-6
@@ -59,6 +60,8 @@ DEFAULT_LR = {("fourier", None): 0.05, ("pixel", None): 0.4, ("pixel", "multisca
 NOISE_SD, ANNEAL, FINAL_STEP = 2.0, 0.5, 0.05
 #: the step of the plain run of ``ascent="best"``, as a fraction of ``lr`` (0.05 at the default 0.4: flashtorch-like)
 PLAIN_STEP = 0.125
+#: a channel whose best image scores at most this is off: it climbs its centre position instead (see optimise)
+OFF = 1e-6
 #: the pixel ascents (``Settings.ascent``)
 ASCENTS = ("best", "annealed", "plain")
 #: how much of the upward gradient the objective's own ReLU passes where it is off (see redirect.leak_at)
@@ -181,7 +184,7 @@ def trajectory(subject: AuditedModel, module: nn.Module | None, objective: Objec
 
 
 def optimise(subject: AuditedModel, module: nn.Module | None, objective: Objective, settings: Settings, *,
-             advance: Callable[[int], object] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             bar: Progress | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the optimisation for ``objective``'s units; return (starting images, final images) on the device.
 
     For ``settings.runs`` of two (``ascent="best"``), both start from the same image and each unit keeps
@@ -189,26 +192,62 @@ def optimise(subject: AuditedModel, module: nn.Module | None, objective: Objecti
     one on a tie. Why both: annealing is what moves an edge unit's stripe walls (0.80 -> 0.94 of the
     optimum), but on a deep unit that starts off (or barely on) its noise scrambles the image the
     unit is building, and plain ascent ends up to 1.5x higher (trained demo CNN, relu4: 6 of 95 units).
-    ``advance(k)`` is called after each step of each run with the number of units ``k`` (a progress
-    reporter's :meth:`~cnnaudit.progress.Progress.advance`)."""
-    start, final = _single(subject, module, objective, settings.runs[0], advance)
-    for run in settings.runs[1:]:
-        _, other = _single(subject, module, objective, run, advance)
-        better = evaluate(subject, module, objective, other) > evaluate(subject, module, objective, final)
-        final = torch.where(better.to(final.device).view(-1, *([1] * (final.ndim - 1))), other, final)
+
+    Then, with ``ascent="best"``, a channel of a spatial layer that both leave off (``<= OFF``) climbs
+    its centre position instead (the ``neuron`` objective, both ascents, the same start), and keeps
+    that image where it scores higher on the channel: pushing the whole map up can silence the inputs
+    such a unit needs, while one position finds a local pattern (the demo candidate's relu4 unit 13:
+    0 map-wide, 0.88 this way). ``bar`` (a :class:`~cnnaudit.progress.Progress`) advances by the
+    number of units after each step of each run; the centre climb adds its steps to its total."""
+    start, final = _best_of(subject, module, objective, objective, settings.runs, bar)
+    if settings.ascent == "best" and spatial_channel(subject, module, objective, settings.size):
+        off = [k for k, value in enumerate(evaluate(subject, module, objective, final).tolist()) if not value > OFF]
+        if off:
+            part = objective.select(off)
+            if bar is not None and bar.total is not None:
+                bar.total += len(off) * settings.steps * len(settings.runs)
+            centre = replace(part, kind="neuron", offset=(0, 0))
+            _, climbed = _best_of(subject, module, centre, part, settings.runs, bar)
+            final[off] = _keep_better(subject, module, part, final[off], climbed)
     return start, final
 
 
+def spatial_channel(subject: AuditedModel, module: nn.Module | None, objective: Objective, size: int) -> bool:
+    """Whether ``objective`` is a channel of a layer with an ``(N, C, h, w)`` output (probed on one grey image)."""
+    if objective.kind != "channel" or module is None:
+        return False
+    with torch.no_grad():
+        grey = torch.full((1, subject.image_channels, size, size), 0.5, **placement(subject))
+        return objective.layer_map(forward_to(subject, module, grey)).ndim == 4
+
+
+def _best_of(subject: AuditedModel, module: nn.Module | None, climbed: Objective, scored: Objective,
+             runs: list[Settings], bar: Progress | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(start, final images) of ``runs`` climbing ``climbed``: per unit the final image that scores higher
+    on ``scored``, the earlier run on a tie."""
+    start, final = _single(subject, module, climbed, runs[0], bar)
+    for run in runs[1:]:
+        final = _keep_better(subject, module, scored, final, _single(subject, module, climbed, run, bar)[1])
+    return start, final
+
+
+def _keep_better(subject: AuditedModel, module: nn.Module | None, objective: Objective, kept: torch.Tensor,
+                 other: torch.Tensor) -> torch.Tensor:
+    """Per unit, ``other`` where it scores higher than ``kept`` on ``objective``, else ``kept``."""
+    better = evaluate(subject, module, objective, other) > evaluate(subject, module, objective, kept)
+    return torch.where(better.to(kept.device).view(-1, *([1] * (kept.ndim - 1))), other, kept)
+
+
 def _single(subject: AuditedModel, module: nn.Module | None, objective: Objective, settings: Settings,
-            advance: Callable[[int], object] | None) -> tuple[torch.Tensor, torch.Tensor]:
+            bar: Progress | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(starting images, final images) of one run of :func:`trajectory`."""
     states = trajectory(subject, module, objective, settings)
     final = next(states)
     start = final.image().detach().clone()
     units = len(objective)
     for final in states:
-        if advance is not None:
-            advance(units)
+        if bar is not None:
+            bar.advance(units)
     return start, final.image().detach()
 
 

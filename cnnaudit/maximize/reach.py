@@ -26,11 +26,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from cnnaudit.engine import AuditedModel
-from cnnaudit.maximize.loop import Settings, evaluate, forward_to, placement, trajectory
+from cnnaudit.maximize.loop import Settings, evaluate, spatial_channel, trajectory
 from cnnaudit.maximize.objectives import Objective
 from cnnaudit.maximize.transforms import Transforms
 
@@ -87,7 +86,7 @@ def search(subject: AuditedModel, module: nn.Module | None, objective: Objective
 def _search_batch(subject: AuditedModel, module: nn.Module | None, objective: Objective, settings: Settings,
                   eps: float) -> list[Found]:
     found: dict[int, Found] = {}
-    for number, run in enumerate(starts(settings, _spatial_channel(subject, module, objective, settings))):
+    for number, run in enumerate(starts(settings, spatial_channel(subject, module, objective, settings.size))):
         todo = [k for k in range(len(objective)) if k not in found or not found[k].value > eps]
         if not todo:
             break
@@ -100,12 +99,3 @@ def _search_batch(subject: AuditedModel, module: nn.Module | None, objective: Ob
             if all(found[k].value > eps for k in todo):
                 break
     return [found[k] for k in range(len(objective))]
-
-
-def _spatial_channel(subject: AuditedModel, module: nn.Module | None, objective: Objective, settings: Settings) -> bool:
-    """Whether ``objective`` is a channel of a layer with a ``(N, C, h, w)`` output (probed on one grey image)."""
-    if objective.kind != "channel" or module is None:
-        return False
-    with torch.no_grad():
-        grey = torch.full((1, subject.image_channels, settings.size, settings.size), 0.5, **placement(subject))
-        return objective.layer_map(forward_to(subject, module, grey)).ndim == 4
