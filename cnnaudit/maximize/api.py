@@ -43,8 +43,9 @@ def maximize(subject: AuditedModel, layer: str | nn.Module | None, channels: Any
       Gaussian noise of sd ``2 lr`` for the first half, then quiet steps shrinking to ``lr / 20``;
       ``"plain"`` takes steps of ``lr`` (default 0.05) without noise; ``"best"`` (the default) runs annealed ascent
       and plain ascent at ``lr / 8`` from the same start and keeps, per unit, the image that scores
-      higher (the annealed one on a tie). It costs twice the time; each ascent alone ends below 0.9
-      of the other on some units (docs/performance.md). Where the two score within float rounding
+      higher (the annealed one on a tie); a channel that both leave off climbs its centre position
+      instead (:func:`~cnnaudit.maximize.loop.optimise`). It costs twice the time; each ascent alone
+      ends below 0.9 of the other on some units (docs/performance.md). Where the two score within float rounding
       of each other, another ``batch_size`` may keep the other image (the value moves by rounding).
     * The first ``redirect_steps`` steps (default: all) use Lucid's redirected ReLU gradient. It
       only acts on an image while the plain gradient through a ReLU layer is zero for it, i.e.
