@@ -197,7 +197,7 @@ def optimise(subject: AuditedModel, module: nn.Module | None, objective: Objecti
     its centre position instead (the ``neuron`` objective, both ascents, the same start), and keeps
     that image where it scores higher on the channel: pushing the whole map up can silence the inputs
     such a unit needs, while one position finds a local pattern (the demo candidate's relu4 unit 13:
-    0 map-wide, 0.88 this way). ``bar`` (a :class:`~cnnaudit.progress.Progress`) advances by the
+    0 map-wide, 0.97 this way). ``bar`` (a :class:`~cnnaudit.progress.Progress`) advances by the
     number of units after each step of each run; the centre climb adds its steps to its total."""
     start, final = _best_of(subject, module, objective, objective, settings.runs, bar)
     if settings.ascent == "best" and spatial_channel(subject, module, objective, settings.size):
