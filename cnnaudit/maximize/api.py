@@ -41,12 +41,13 @@ def maximize(subject: AuditedModel, layer: str | nn.Module | None, channels: Any
       ``transforms`` default: Lucid's standard set for Fourier, none for pixels.
     * ``ascent`` (pixels without a schedule): ``"annealed"`` takes steps of ``lr`` (default 0.4) with
       Gaussian noise of sd ``2 lr`` for the first half, then quiet steps shrinking to ``lr / 20``;
-      ``"plain"`` takes steps of ``lr`` (default 0.05) without noise; ``"best"`` (the default) runs annealed ascent
-      and plain ascent at ``lr / 8`` from the same start and keeps, per unit, the image that scores
-      higher (the annealed one on a tie); a channel that both leave off climbs its centre position
-      instead (:func:`~cnnaudit.maximize.loop.optimise`). It costs twice the time; each ascent alone
-      ends below 0.9 of the other on some units (docs/performance.md). Where the two score within float rounding
-      of each other, another ``batch_size`` may keep the other image (the value moves by rounding).
+      ``"plain"`` takes steps of ``lr`` (default 0.05) without noise; ``"best"`` (the default) runs
+      annealed ascent and plain ascent at ``lr / 8`` from the same start and keeps, per unit, the
+      image that scores higher (the annealed one on a tie); a channel that both leave off climbs its
+      centre position instead (:func:`~cnnaudit.maximize.loop.optimise`). It costs twice the time;
+      each ascent alone ends below 0.9 of the other on some units (docs/performance.md). Where the
+      two score within float rounding of each other, another ``batch_size`` may keep the other image
+      (the value moves by rounding).
     * The first ``redirect_steps`` steps (default: all) use Lucid's redirected ReLU gradient. It
       only acts on an image while the plain gradient through a ReLU layer is zero for it, i.e.
       until its unit fires, so keeping it on changes nothing once a unit is reached and spares
@@ -104,7 +105,8 @@ def maximize(subject: AuditedModel, layer: str | nn.Module | None, channels: Any
         chunk = batch_size or subject.batch_size or len(goal)
         finals, start_values, final_values = [], [], []
         # one updating terminal line (cnnaudit.progress): a step of k units advances it by k
-        with progress(len(goal) * steps * len(settings.runs), f"maximize {layer_name}, {len(goal)} units", unit="unit steps") as bar:
+        total = len(goal) * steps * len(settings.runs)
+        with progress(total, f"maximize {layer_name}, {len(goal)} units", unit="unit steps") as bar:
             for lo in range(0, len(goal), chunk):
                 part = goal.select(range(lo, min(lo + chunk, len(goal))))
                 start, final = optimise(subject, module, part, settings, bar=bar)

@@ -174,7 +174,8 @@ def trajectory(subject: AuditedModel, module: nn.Module | None, objective: Objec
     else:
         image = FourierImage(settings.size, init, where, channels=subject.image_channels)
         optimizer = torch.optim.Adam(image.leaves(), lr=settings.lr)
-    noise = unit_generators(settings.seed, objective.keys, NOISE) if optimizer is None and settings.ascent == "annealed" else None
+    annealed = optimizer is None and settings.ascent == "annealed"
+    noise = unit_generators(settings.seed, objective.keys, NOISE) if annealed else None
     yield image
     for step in range(settings.steps):
         lr, sd = pixel_schedule(step, settings.steps, settings.lr) if noise is not None else (settings.lr, 0.0)
