@@ -109,10 +109,10 @@ def maximize(subject: AuditedModel, layer: str | nn.Module | None, channels: Any
         with progress(total, f"maximize {layer_name}, {len(goal)} units", unit="unit steps") as bar:
             for lo in range(0, len(goal), chunk):
                 part = goal.select(range(lo, min(lo + chunk, len(goal))))
-                start, final = optimise(subject, module, part, settings, bar=bar)
+                start, final, values = optimise(subject, module, part, settings, bar=bar)
                 finals.append(final.cpu())
                 start_values.append(evaluate(subject, module, part, start))
-                final_values.append(evaluate(subject, module, part, final))
+                final_values.append(values)
     return Visualizations(torch.cat(finals), layer=layer_name, objective=goal, settings=settings,
                           start=torch.cat(start_values), achieved=torch.cat(final_values),
                           subject=subject, module=module, rerun=rerun)

@@ -185,8 +185,9 @@ def trajectory(subject: AuditedModel, module: nn.Module | None, objective: Objec
 
 
 def optimise(subject: AuditedModel, module: nn.Module | None, objective: Objective, settings: Settings, *,
-             bar: Progress | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the optimisation for ``objective``'s units; return (starting images, final images) on the device.
+             bar: Progress | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run the optimisation for ``objective``'s units; return the starting and the final images (on the
+    device) and the objective on the final images (:func:`evaluate`: ``(K,)`` float64 on the CPU).
 
     For ``settings.runs`` of two (``ascent="best"``), both start from the same image and each unit keeps
     the final image on which its objective (untransformed, :func:`evaluate`) is higher, the annealed
@@ -200,17 +201,17 @@ def optimise(subject: AuditedModel, module: nn.Module | None, objective: Objecti
     such a unit needs, while one position finds a local pattern (the demo candidate's relu4 unit 13:
     0 map-wide, 0.97 this way). ``bar`` (a :class:`~cnnaudit.progress.Progress`) advances by the
     number of units after each step of each run; the centre climb adds its steps to its total."""
-    start, final = _best_of(subject, module, objective, objective, settings.runs, bar)
+    start, final, values = _best_of(subject, module, objective, objective, settings.runs, bar)
     if settings.ascent == "best" and spatial_channel(subject, module, objective, settings.size):
-        off = [k for k, value in enumerate(evaluate(subject, module, objective, final).tolist()) if not value > OFF]
+        off = [k for k, value in enumerate(values.tolist()) if not value > OFF]
         if off:
             part = objective.select(off)
             if bar is not None and bar.total is not None:
                 bar.total += len(off) * settings.steps * len(settings.runs)
             centre = replace(part, kind="neuron", offset=(0, 0))
-            _, climbed = _best_of(subject, module, centre, part, settings.runs, bar)
-            final[off] = _keep_better(subject, module, part, final[off], climbed)
-    return start, final
+            _, climbed, climbed_values = _best_of(subject, module, centre, part, settings.runs, bar)
+            final[off], values[off] = _keep_better(final[off], values[off], climbed, climbed_values)
+    return start, final, values
 
 
 def spatial_channel(subject: AuditedModel, module: nn.Module | None, objective: Objective, size: int) -> bool:
@@ -223,20 +224,23 @@ def spatial_channel(subject: AuditedModel, module: nn.Module | None, objective: 
 
 
 def _best_of(subject: AuditedModel, module: nn.Module | None, climbed: Objective, scored: Objective,
-             runs: list[Settings], bar: Progress | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(start, final images) of ``runs`` climbing ``climbed``: per unit the final image that scores higher
-    on ``scored``, the earlier run on a tie."""
+             runs: list[Settings], bar: Progress | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(start, final images, their values) of ``runs`` climbing ``climbed``: per unit the final image that
+    scores higher on ``scored``, the earlier run on a tie."""
     start, final = _single(subject, module, climbed, runs[0], bar)
+    values = evaluate(subject, module, scored, final)
     for run in runs[1:]:
-        final = _keep_better(subject, module, scored, final, _single(subject, module, climbed, run, bar)[1])
-    return start, final
+        other = _single(subject, module, climbed, run, bar)[1]
+        final, values = _keep_better(final, values, other, evaluate(subject, module, scored, other))
+    return start, final, values
 
 
-def _keep_better(subject: AuditedModel, module: nn.Module | None, objective: Objective, kept: torch.Tensor,
-                 other: torch.Tensor) -> torch.Tensor:
-    """Per unit, ``other`` where it scores higher than ``kept`` on ``objective``, else ``kept``."""
-    better = evaluate(subject, module, objective, other) > evaluate(subject, module, objective, kept)
-    return torch.where(better.to(kept.device).view(-1, *([1] * (kept.ndim - 1))), other, kept)
+def _keep_better(kept: torch.Tensor, kept_values: torch.Tensor, other: torch.Tensor,
+                 other_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per unit, ``other`` (and its value) where its value is higher than ``kept``'s, else ``kept``."""
+    better = other_values > kept_values
+    return (torch.where(better.to(kept.device).view(-1, *([1] * (kept.ndim - 1))), other, kept),
+            torch.where(better, other_values, kept_values))
 
 
 def _single(subject: AuditedModel, module: nn.Module | None, objective: Objective, settings: Settings,
